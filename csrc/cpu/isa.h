@@ -1,0 +1,46 @@
+// Run-time choice of the CPU instruction set for the vectorized loops.
+//
+// The loops in isa_kernels.inc are compiled once per instruction set (see
+// CMakeLists.txt); at run time the best one this CPU supports is chosen, so a
+// distributed build never needs -march=native.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/adam.h"
+
+namespace fusedopt {
+
+// Loops over one contiguous range. Pointers never alias (the callers refuse
+// the same buffer twice).
+struct IsaKernels {
+  const char* name;
+  void (*adam_f32)(float* p, const float* g, float* m, float* v, int64_t n,
+                   const AdamScalars<float>& s, bool decay);
+  void (*adam_f64)(double* p, const double* g, double* m, double* v, int64_t n,
+                   const AdamScalars<double>& s, bool decay);
+};
+
+// The kernels for the best instruction set compiled in and supported here.
+// FUSEDOPT_ISA=baseline|avx2|avx512 forces a lower one (for tests/benchmarks).
+const IsaKernels& cpu_kernels();
+
+// Instruction sets compiled into this build, best last.
+std::vector<std::string> compiled_isas();
+// Instruction sets compiled in and supported by this CPU.
+std::vector<std::string> supported_isas();
+
+template <typename T>
+struct IsaAdam;
+template <>
+struct IsaAdam<float> {
+  static auto get(const IsaKernels& k) { return k.adam_f32; }
+};
+template <>
+struct IsaAdam<double> {
+  static auto get(const IsaKernels& k) { return k.adam_f64; }
+};
+
+}  // namespace fusedopt

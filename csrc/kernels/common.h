@@ -1,0 +1,23 @@
+// Shared macros for the per-element update rules.
+//
+// Every rule in csrc/kernels/ is a header-only inline function that both the
+// CPU drivers (csrc/cpu/) and the CUDA drivers (csrc/cuda/) call. Nothing in
+// this folder knows about threads, launches, TensorFlow or Python.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define FUSEDOPT_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FUSEDOPT_HOST_DEVICE inline
+#endif
+
+namespace fusedopt {
+
+// sqrt for float and double that picks the correctly rounded single- or
+// double-precision instruction on both host and device.
+FUSEDOPT_HOST_DEVICE float rule_sqrt(float x) { return sqrtf(x); }
+FUSEDOPT_HOST_DEVICE double rule_sqrt(double x) { return sqrt(x); }
+
+}  // namespace fusedopt

@@ -1,0 +1,52 @@
+// Turning Python arguments into validated raw views for the drivers.
+//
+// Every check runs before any kernel starts, so a bad call raises and leaves
+// every array as it was. Messages name the argument (`params[3]`) and say what
+// was expected.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fusedopt {
+namespace py = pybind11;
+
+enum class DType { kFloat32, kFloat64 };
+
+const char* dtype_name(DType d);
+
+// One validated host array.
+struct HostArray {
+  void* data;
+  int64_t size;
+  int64_t nbytes;
+  std::vector<int64_t> shape;
+  DType dtype;
+  std::string name;  // e.g. "params[3]"
+};
+
+// A list argument, checked element by element. `writable` lists must be
+// writeable NumPy arrays; all arrays must be C-contiguous float32/float64.
+std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg,
+                                   bool writable);
+
+// Same number of arrays in every list, same shape as params[i], one dtype for
+// all; TypeError/ValueError otherwise.
+void check_same_layout(const std::vector<HostArray>& params,
+                       const std::vector<const std::vector<HostArray>*>& others);
+
+// No written array may overlap any other array of the call.
+void check_no_overlap(const std::vector<const std::vector<HostArray>*>& written,
+                      const std::vector<const std::vector<HostArray>*>& read);
+
+// Scalar checks: finite, and within the range named in the message.
+double check_scalar(const py::handle& value, const std::string& arg);
+void check_range(double value, const std::string& arg, double lo, bool lo_open,
+                 double hi, bool hi_open);
+int64_t check_step(const py::handle& value, const std::string& arg);
+
+}  // namespace fusedopt

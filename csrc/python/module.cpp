@@ -1,0 +1,111 @@
+// fusedopt._C: the CPU (and, where built, CUDA) kernels on Python arrays.
+//
+// This layer only translates and validates arguments; the math lives in
+// csrc/kernels/ and the loops in csrc/cpu/. The user-facing wrappers with
+// docstrings are in python/fusedopt/kernels.py.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <limits>
+
+#include "cpu/adam_cpu.h"
+#include "cpu/isa.h"
+#include "cpu/parallel.h"
+#include "python/arrays.h"
+
+namespace py = pybind11;
+using namespace fusedopt;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+ParallelFor pool_parallel_for() {
+  return [](int64_t n, int64_t cost, const TaskRange& fn) {
+    default_thread_pool().parallel_for(n, cost, fn);
+  };
+}
+
+template <typename T>
+AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
+                          const std::vector<HostArray>& m, const std::vector<HostArray>& v) {
+  AdamTensors<T> t;
+  for (size_t i = 0; i < p.size(); ++i) {
+    t.params.push_back(static_cast<T*>(p[i].data));
+    t.grads.push_back(static_cast<const T*>(g[i].data));
+    t.m.push_back(static_cast<T*>(m[i].data));
+    t.v.push_back(static_cast<T*>(v[i].data));
+    t.sizes.push_back(p[i].size);
+  }
+  return t;
+}
+
+void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
+          py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
+          py::handle weight_decay) {
+  // Validate everything first: nothing is written unless every check passes.
+  const auto p_ = host_arrays(params, "params", true);
+  const auto g_ = host_arrays(grads, "grads", false);
+  const auto m_ = host_arrays(m, "m", true);
+  const auto v_ = host_arrays(v, "v", true);
+  check_same_layout(p_, {&g_, &m_, &v_});
+  check_no_overlap({&p_, &m_, &v_}, {&g_});
+  const double lr_ = check_scalar(lr, "lr");
+  check_range(lr_, "lr", 0.0, false, kInf, true);
+  const double b1 = check_scalar(beta_1, "beta_1");
+  check_range(b1, "beta_1", 0.0, false, 1.0, true);
+  const double b2 = check_scalar(beta_2, "beta_2");
+  check_range(b2, "beta_2", 0.0, false, 1.0, true);
+  const double eps = check_scalar(epsilon, "epsilon");
+  check_range(eps, "epsilon", 0.0, false, kInf, true);
+  const int64_t t = check_step(step, "step");
+  const double wd = check_scalar(weight_decay, "weight_decay");
+  check_range(wd, "weight_decay", 0.0, false, kInf, true);
+  if (p_.empty()) return;
+
+  const bool decay = wd != 0.0;
+  py::gil_scoped_release release;
+  if (p_[0].dtype == DType::kFloat32) {
+    adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
+             decay, pool_parallel_for());
+  } else {
+    adam_cpu(adam_views<double>(p_, g_, m_, v_),
+             make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for());
+  }
+}
+
+py::dict build_info() {
+  py::dict info;
+#if defined(FUSEDOPT_WITH_CUDA)
+  info["cuda"] = true;
+  info["cuda_architectures"] = std::string(FUSEDOPT_CUDA_ARCHITECTURES);
+#else
+  info["cuda"] = false;
+  info["cuda_architectures"] = py::none();
+#endif
+  info["cpu_isa_compiled"] = compiled_isas();
+  info["cpu_isa_supported"] = supported_isas();
+  info["cpu_isa"] = std::string(cpu_kernels().name);
+  info["num_threads"] = default_thread_pool().num_threads();
+  info["compiler"] = std::string(
+#if defined(__clang__)
+      "clang " __clang_version__
+#elif defined(__GNUC__)
+      "gcc " __VERSION__
+#else
+      "unknown"
+#endif
+  );
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "fusedopt's fused optimizer kernels on NumPy arrays (see fusedopt.kernels)";
+  mod.def("adam", &adam, py::arg("params"), py::arg("grads"), py::arg("m"), py::arg("v"),
+          py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
+          py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
+          "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
+  mod.def("build_info", &build_info, "What this build of the kernels contains.");
+}

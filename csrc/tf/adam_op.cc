@@ -1,0 +1,95 @@
+// FusedoptAdam: one op call updates every variable of one dtype with Adam or
+// AdamW, in place. Hyperparameters arrive as runtime scalar tensors computed
+// by the Python optimizer with the same TF ops the stock Keras Adam uses, so
+// schedules and callbacks change them every step without retracing.
+#include "cpu/adam_cpu.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf/fused_update.h"
+
+namespace fusedopt {
+namespace {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+
+const std::vector<std::string> kAdamScalars = {
+    "alpha", "one_minus_beta_1", "one_minus_beta_2", "epsilon", "lr", "weight_decay"};
+
+REGISTER_OP("FusedoptAdam")
+    .Input("params: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("grads: N * T")
+    .Input("alpha: T")
+    .Input("one_minus_beta_1: T")
+    .Input("one_minus_beta_2: T")
+    .Input("epsilon: T")
+    .Input("lr: T")
+    .Input("weight_decay: T")
+    .Attr("T: {float, double}")
+    .Attr("N: int >= 1")
+    .Attr("apply_weight_decay: bool = false")
+    .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
+      int n;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      tf::shape_inference::ShapeHandle unused;
+      for (int i = 4 * n; i < c->num_inputs(); ++i) {
+        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      }
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Multi-tensor Adam/AdamW (Keras semantics), updating params, m and v in place.
+
+For every element: if apply_weight_decay, p -= p * weight_decay * lr; then
+m += (g - m) * one_minus_beta_1; v += (g * g - v) * one_minus_beta_2;
+p -= (m * alpha) / (sqrt(v) + epsilon). Variables are locked in address order;
+every input is validated before the first write.
+)doc");
+
+template <typename T>
+class FusedoptAdamOp : public tf::OpKernel {
+ public:
+  explicit FusedoptAdamOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
+  }
+
+  void Compute(tf::OpKernelContext* ctx) override {
+    FusedUpdate<CPUDevice, T> update(ctx, {"params", "m", "v"}, "grads", kAdamScalars);
+    OP_REQUIRES_OK(ctx, update.Prepare());
+
+    AdamScalars<T> s;
+    s.alpha = update.Scalar("alpha");
+    s.one_minus_beta_1 = update.Scalar("one_minus_beta_1");
+    s.one_minus_beta_2 = update.Scalar("one_minus_beta_2");
+    s.epsilon = update.Scalar("epsilon");
+    s.lr = update.Scalar("lr");
+    s.weight_decay = update.Scalar("weight_decay");
+
+    auto& vars = update.variables();
+    AdamTensors<T> t;
+    for (size_t i = 0; i < update.grads().size(); ++i) {
+      t.params.push_back(vars[0][i].template flat<T>().data());
+      t.m.push_back(vars[1][i].template flat<T>().data());
+      t.v.push_back(vars[2][i].template flat<T>().data());
+      t.grads.push_back(update.grads()[i].template flat<T>().data());
+      t.sizes.push_back(update.grads()[i].NumElements());
+    }
+    adam_cpu(t, s, apply_weight_decay_, TfParallelFor(ctx));
+  }
+
+ private:
+  bool apply_weight_decay_ = false;
+};
+
+#define REGISTER_CPU(T)                                                         \
+  REGISTER_KERNEL_BUILDER(                                                      \
+      Name("FusedoptAdam").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
+      FusedoptAdamOp<T>);
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+}  // namespace
+}  // namespace fusedopt

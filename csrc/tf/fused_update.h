@@ -1,0 +1,151 @@
+// What every fused-update OpKernel shares: lock the variables of the call in
+// address order, check every input, then hand out writable tensors.
+//
+// All checks (dtype, initialization, shapes, the same variable twice, scalar
+// hyperparameters) run before the first write, so a bad call fails with
+// InvalidArgument and leaves every variable as it was. The kernels' math is
+// not here: ops only translate tensors into raw pointers for csrc/cpu/.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/kernels/training_op_helpers.h"
+
+#define FUSEDOPT_REQUIRE(cond, error) \
+  do {                                \
+    if (!(cond)) return (error);      \
+  } while (0)
+
+namespace fusedopt {
+namespace tf = ::tensorflow;
+
+template <typename Device, typename T>
+class FusedUpdate {
+ public:
+  // var_lists: names of the `N * resource` inputs, updated in place.
+  // grad_list: name of the `N * T` dense gradient input.
+  // scalars: names of the 0-d hyperparameter inputs.
+  FusedUpdate(tf::OpKernelContext* ctx, std::vector<std::string> var_lists,
+              std::string grad_list, std::vector<std::string> scalars)
+      : ctx_(ctx),
+        var_lists_(std::move(var_lists)),
+        grad_list_(std::move(grad_list)),
+        scalars_(std::move(scalars)) {}
+
+  // Locks and validates. On error nothing has been written. On success,
+  // variables() and grads() are ready and the locks are held until this object
+  // is destroyed.
+  absl::Status Prepare() {
+    std::vector<int> ids;
+    ranges_.clear();
+    for (const std::string& name : var_lists_) {
+      int start, stop;
+      TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(name, &start, &stop));
+      ranges_.push_back({start, stop});
+      for (int i = start; i < stop; ++i) ids.push_back(i);
+    }
+    int gstart, gstop;
+    TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(grad_list_, &gstart, &gstop));
+    for (const std::string& name : scalars_) {
+      const tf::Tensor* t;
+      TF_RETURN_IF_ERROR(ctx_->input(name, &t));
+      FUSEDOPT_REQUIRE(tf::TensorShapeUtils::IsScalar(t->shape()),
+                         tf::errors::InvalidArgument(
+                             name, " must be a scalar (0-d tensor), got shape ",
+                             t->shape().DebugString()));
+    }
+    lock_.emplace(tf::MaybeLockVariableInputMutexesInOrder<Device, T>(
+        ctx_, /*do_lock=*/true, /*sparse=*/false, ids));
+    TF_RETURN_IF_ERROR(ctx_->status());
+
+    // Every check, before any copy-on-write or update.
+    std::unordered_map<const tf::Var*, int> seen;  // variable -> input index
+    const tf::DataType dtype = tf::DataTypeToEnum<T>::v();
+    for (size_t l = 0; l < var_lists_.size(); ++l) {
+      for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
+        const int k = i - ranges_[l].first;
+        tf::core::RefCountPtr<tf::Var> var;
+        TF_RETURN_IF_ERROR(tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, i), &var));
+        FUSEDOPT_REQUIRE(var->is_initialized,
+                         tf::errors::InvalidArgument(Label(i), " is not initialized"));
+        const tf::Tensor* value = var->tensor();
+        FUSEDOPT_REQUIRE(value->dtype() == dtype,
+                         tf::errors::InvalidArgument(
+                             Label(i), " has dtype ", tf::DataTypeString(value->dtype()),
+                             " but the op was called with T=", tf::DataTypeString(dtype)));
+        const tf::Tensor& grad = ctx_->input(gstart + k);
+        FUSEDOPT_REQUIRE(value->shape() == grad.shape(),
+                         tf::errors::InvalidArgument(
+                             Label(i), " has shape ", value->shape().DebugString(), " but ",
+                             grad_list_, "[", k, "] has shape ", grad.shape().DebugString()));
+        const auto [it, inserted] = seen.emplace(var.get(), i);
+        FUSEDOPT_REQUIRE(inserted, tf::errors::InvalidArgument(
+                                       Label(i), " and ", Label(it->second),
+                                       " are the same variable; each may appear once"));
+      }
+    }
+
+    // Copy-on-write where a reader still holds the old buffer, then collect.
+    variables_.assign(var_lists_.size(), {});
+    for (size_t l = 0; l < var_lists_.size(); ++l) {
+      for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
+        tf::Tensor t;
+        TF_RETURN_IF_ERROR((tf::GetInputTensorFromVariable<Device, T>(
+                                  ctx_, i, /*lock_held=*/true, /*sparse=*/false, &t)));
+        variables_[l].push_back(t);
+      }
+    }
+    grads_.clear();
+    for (int i = gstart; i < gstop; ++i) grads_.push_back(ctx_->input(i));
+    return absl::OkStatus();
+  }
+
+  // variables()[list][i]: the writable tensor of var_lists[list][i].
+  std::vector<std::vector<tf::Tensor>>& variables() { return variables_; }
+  const std::vector<tf::Tensor>& grads() const { return grads_; }
+
+  T Scalar(const std::string& name) const {
+    const tf::Tensor* t;
+    TF_CHECK_OK(ctx_->input(name, &t));
+    return t->scalar<T>()();
+  }
+
+ private:
+  // "m[2] (variable 'dense/kernel/m')" for flat input index `input`.
+  std::string Label(int input) const {
+    for (size_t l = 0; l < ranges_.size(); ++l) {
+      if (input >= ranges_[l].first && input < ranges_[l].second) {
+        return var_lists_[l] + "[" + std::to_string(input - ranges_[l].first) +
+               "] (variable '" + tf::HandleFromInput(ctx_, input).name() + "')";
+      }
+    }
+    return "input " + std::to_string(input);
+  }
+
+  tf::OpKernelContext* ctx_;
+  std::vector<std::string> var_lists_;
+  std::string grad_list_;
+  std::vector<std::string> scalars_;
+  std::vector<std::pair<int, int>> ranges_;
+  std::optional<tf::VariableInputLockHolder> lock_;
+  std::vector<std::vector<tf::Tensor>> variables_;
+  std::vector<tf::Tensor> grads_;
+};
+
+// TF's intra-op thread pool as a ParallelFor: one shard per thread.
+inline ParallelFor TfParallelFor(tf::OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t n, int64_t /*cost*/, const TaskRange& fn) {
+    const int64_t threads = pool->NumThreads() > 0 ? pool->NumThreads() : 1;
+    const int64_t block = (n + threads - 1) / threads;
+    pool->ParallelFor(n, tsl::thread::ThreadPool::SchedulingParams::Fixed(block), fn);
+  };
+}
+
+}  // namespace fusedopt

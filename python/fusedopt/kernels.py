@@ -1,0 +1,61 @@
+"""The fused kernels on NumPy arrays, updated in place.
+
+These call the same C++ kernels as the TensorFlow ops (`fusedopt._C`). Every
+argument is validated before anything is written: a bad call raises
+``TypeError`` or ``ValueError`` naming the argument and leaves every array as
+it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fusedopt import _C
+
+__all__ = ["adam"]
+
+
+def adam(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    m: Sequence[np.ndarray],
+    v: Sequence[np.ndarray],
+    *,
+    lr: float,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    step: int,
+    weight_decay: float = 0.0,
+) -> None:
+    """Multi-tensor Adam/AdamW step with Keras semantics, in place.
+
+    For every element of every ``params[i]`` (with ``t = step``, counted from 1)::
+
+        p -= p * weight_decay * lr                 # only if weight_decay != 0
+        m += (g - m) * (1 - beta_1)
+        v += (g * g - v) * (1 - beta_2)
+        p -= (lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)) * m / (sqrt(v) + epsilon)
+
+    ``epsilon`` is added outside the square root ("epsilon hat", as in Keras)
+    and the weight decay is decoupled (AdamW), applied before the update.
+
+    Args:
+      params, grads, m, v: lists (or tuples) of C-contiguous float32 or float64
+        NumPy arrays, one per parameter; ``m`` and ``v`` are the first and
+        second moments. ``params``, ``m`` and ``v`` are updated in place and
+        must be writeable, separate buffers. All arrays share one dtype and
+        ``grads[i]``, ``m[i]``, ``v[i]`` have the shape of ``params[i]``.
+      lr: learning rate, >= 0.
+      beta_1, beta_2: decay rates of the moments, in [0, 1).
+      epsilon: >= 0.
+      step: the 1-based step number (bias correction).
+      weight_decay: decoupled weight decay coefficient, >= 0 (0 = Adam).
+    """
+    _C.adam(
+        params, grads, m, v,
+        lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step,
+        weight_decay=weight_decay,
+    )
