@@ -11,6 +11,7 @@
 #include "cpu/adam_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/stream.h"
 #include "python/arrays.h"
 
 namespace py = pybind11;
@@ -99,6 +100,14 @@ py::dict build_info() {
   return info;
 }
 
+void stream_inplace(py::array_t<float, py::array::c_style> data, float scale, int repeats) {
+  if (!data.writeable()) throw py::value_error("data must be writeable");
+  float* ptr = data.mutable_data();
+  const int64_t n = data.size();
+  py::gil_scoped_release release;
+  stream_scale_inplace(ptr, n, scale, repeats, pool_parallel_for());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -107,5 +116,9 @@ PYBIND11_MODULE(_C, mod) {
           py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
           "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
+  mod.def("stream_inplace", &stream_inplace, py::arg("data"), py::arg("scale"),
+          py::arg("repeats") = 1,
+          "Bandwidth probe: data *= scale in place, `repeats` times, on the kernel "
+          "thread pool (reads and writes 8 bytes per element per repeat).");
   mod.def("build_info", &build_info, "What this build of the kernels contains.");
 }
