@@ -1,0 +1,66 @@
+"""Fused Adam and AdamW: the stock Keras classes with a fused update step."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from fusedopt import _ops
+from fusedopt.optimizers.base import Optimizer, scalar
+
+
+class _FusedAdamUpdate:
+    """The fused Adam/AdamW update, shared by Adam and AdamW."""
+
+    def _fused_unsupported_reason(self):
+        if self.amsgrad:
+            return "amsgrad=True (not fused yet)"
+        return None
+
+    def _fused_update(self, grads, variables, learning_rate, weight_decay):
+        # The scalars are computed with the same ops, in the same order and
+        # dtype, as keras.optimizers.Adam.update_step, so that the fused op
+        # reproduces the stock optimizer bit for bit.
+        dtype = variables[0].dtype
+        lr = tf.cast(learning_rate, dtype)
+        local_step = tf.cast(self.iterations + 1, dtype)
+        beta_1_power = tf.pow(scalar(self.beta_1, dtype), local_step)
+        beta_2_power = tf.pow(scalar(self.beta_2, dtype), local_step)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        if weight_decay:
+            # The stock decay evaluates `self.learning_rate` again; it is the
+            # same value in the same step.
+            wd = scalar(self.weight_decay, dtype)
+        else:
+            wd = tf.zeros([], dtype)
+        _ops.library().fusedopt_adam(
+            params=[v.handle for v in variables],
+            m=[self._slot(self._momentums, v).handle for v in variables],
+            v=[self._slot(self._velocities, v).handle for v in variables],
+            grads=grads,
+            alpha=alpha,
+            one_minus_beta_1=scalar(1 - self.beta_1, dtype),
+            one_minus_beta_2=scalar(1 - self.beta_2, dtype),
+            epsilon=scalar(self.epsilon, dtype),
+            lr=lr,
+            weight_decay=wd,
+            apply_weight_decay=weight_decay,
+        )
+
+
+@keras.saving.register_keras_serializable(package="fusedopt")
+class Adam(_FusedAdamUpdate, Optimizer, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with all variables updated by one fused op.
+
+    Same arguments, config, optimizer variables and results as the stock class
+    (bit-identical in float32 on the CPU). Variables the fused op does not
+    cover (sparse gradients, dtypes other than float32/float64, amsgrad, XLA
+    clusters, tf.distribute strategies) use the stock per-variable update;
+    `fused_paths` shows which path each variable took.
+    """
+
+
+@keras.saving.register_keras_serializable(package="fusedopt")
+class AdamW(_FusedAdamUpdate, Optimizer, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with the decoupled weight decay and the Adam
+    update fused into one pass over all variables. See `fusedopt.Adam`."""

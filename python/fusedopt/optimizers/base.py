@@ -1,0 +1,153 @@
+"""The fused update path shared by every fusedopt optimizer.
+
+A fusedopt optimizer is the stock Keras optimizer with one method replaced:
+``_distributed_tf_update_step``, which Keras calls once per step with every
+``(grad, var)`` pair after loss-scale unscaling, gradient accumulation and
+Keras' own clipping. Instead of a handful of TF ops per variable, the pairs are
+grouped by (dtype, device, weight decay) and each group is updated by one call
+of a fused op. Everything upstream and downstream (constraints, EMA, the
+iteration counter) is the inherited Keras code, which is why constructor
+arguments, ``get_config``, optimizer variables and checkpoints are those of
+the stock class.
+
+Pairs the fused op does not cover fall back to the stock per-variable
+``update_step``. ``fused_paths`` tells, per variable, which path the last
+traced step took and why.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+from fusedopt import _ops
+
+FUSED = "fused"
+
+_FUSED_DTYPES = (tf.float32, tf.float64)
+
+
+def _in_xla_context() -> bool:
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def scalar(value, dtype) -> tf.Tensor:
+    """A 0-d tensor of `dtype` holding `value` (number, tensor or variable).
+
+    Python numbers are converted straight to `dtype` (not through float32,
+    which would round a float64 hyperparameter).
+    """
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype=dtype)
+
+
+class Optimizer(keras.optimizers.Optimizer):
+    """Base class of the fusedopt optimizers.
+
+    Subclasses list it before the stock class they extend
+    (``class Adam(Optimizer, keras.optimizers.Adam)``) and implement
+    ``_fused_unsupported_reason`` and ``_fused_update``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Filled at trace time: variable path -> FUSED or "fallback: <reason>".
+        self._fused_paths = {}
+        # Variable keys (``_var_key``) whose weight decay the fused op applies.
+        self._pending_decay = set()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _fused_unsupported_reason(self) -> str | None:
+        """Why no variable can take the fused path with this configuration."""
+        return None
+
+    def _fused_update(self, grads, variables, learning_rate, weight_decay: bool):
+        """Updates `variables` (tf.Variables of one dtype and device) in one op."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- inspection
+
+    @property
+    def fused_paths(self) -> dict:
+        """Per variable path: "fused", or "fallback: <reason>" for the stock code.
+
+        Recorded while the last update step was traced (or run eagerly).
+        """
+        return dict(self._fused_paths)
+
+    # --------------------------------------------------------- the fused path
+
+    def _apply_weight_decay(self, variables):
+        # Called by Keras right before the update; the decay is folded into the
+        # fused op (p -= p * wd * lr, before the update, like the stock code).
+        # Variables that fall back get the stock decay in the update step.
+        if self.weight_decay is None:
+            self._pending_decay = set()
+            return
+        self._pending_decay = {
+            self._var_key(v) for v in variables if self._use_weight_decay(v)
+        }
+
+    def _fallback_reason(self, distribution, grad, var) -> str | None:
+        if _ops.library() is None:
+            return "fused TF ops unavailable (" + str(_ops.load_error()) + ")"
+        reason = self._fused_unsupported_reason()
+        if reason:
+            return reason
+        if _in_xla_context():
+            return "inside an XLA cluster (jit_compile=True); the op has no XLA kernel"
+        if distribution is not tf.distribute.get_strategy() or tf.distribute.has_strategy():
+            return "under a tf.distribute strategy"
+        if isinstance(grad, tf.IndexedSlices):
+            return "sparse (IndexedSlices) gradient"
+        if var.dtype not in _FUSED_DTYPES:
+            return f"dtype {var.dtype.name} (fused: float32, float64)"
+        if "GPU" in var.device.upper():
+            return "variable on a GPU (no GPU kernel in this build)"
+        return None
+
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        groups = {}
+        fallback = []
+        paths = {}
+        for grad, var in grads_and_vars:
+            reason = self._fallback_reason(distribution, grad, var)
+            if reason is None:
+                decay = self._var_key(var) in self._pending_decay
+                groups.setdefault((var.dtype, var.device, decay), []).append((grad, var))
+                paths[self._path(var)] = FUSED
+            else:
+                fallback.append((grad, var))
+                paths[self._path(var)] = "fallback: " + reason
+
+        for (dtype, device, decay), pairs in groups.items():
+            with tf.device(device):
+                self._fused_update(
+                    [tf.cast(g, dtype) for g, _ in pairs],
+                    [v for _, v in pairs],
+                    learning_rate,
+                    weight_decay=decay,
+                )
+
+        if fallback:
+            decayed = [v for _, v in fallback if self._var_key(v) in self._pending_decay]
+            if decayed:
+                super()._apply_weight_decay(decayed)
+            super()._distributed_tf_update_step(distribution, fallback, learning_rate)
+
+        self._pending_decay = set()
+        self._fused_paths = paths
+
+    def _path(self, variable) -> str:
+        """The Keras path ("dense/kernel") of a model variable's tf.Variable."""
+        return self._trainable_variables[self._get_variable_index(variable)].path
+
+    def _slot(self, slots, variable):
+        """The tf.Variable of `variable`'s slot in the Keras list `slots`."""
+        return slots[self._get_variable_index(variable)].value
