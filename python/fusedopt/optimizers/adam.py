@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from fusedopt import _ops
-from fusedopt.optimizers.base import Optimizer, scalar
+from fusedopt.optimizers.base import Optimizer, decay_scalars, scalar
 
 
 class _FusedAdamUpdate:
@@ -20,19 +20,16 @@ class _FusedAdamUpdate:
     def _fused_update(self, grads, variables, learning_rate, weight_decay):
         # The scalars are computed with the same ops, in the same order and
         # dtype, as keras.optimizers.Adam.update_step, so that the fused op
-        # reproduces the stock optimizer bit for bit.
+        # reproduces the stock optimizer bit for bit. (Note ops.cast of a Python
+        # float goes through float32, as in the stock code; `scalar` converts
+        # exactly, as the stock code's `tensor * (1 - beta_1)` does.)
         dtype = variables[0].dtype
-        lr = tf.cast(learning_rate, dtype)
-        local_step = tf.cast(self.iterations + 1, dtype)
-        beta_1_power = tf.pow(scalar(self.beta_1, dtype), local_step)
-        beta_2_power = tf.pow(scalar(self.beta_2, dtype), local_step)
-        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        if weight_decay:
-            # The stock decay evaluates `self.learning_rate` again; it is the
-            # same value in the same step.
-            wd = scalar(self.weight_decay, dtype)
-        else:
-            wd = tf.zeros([], dtype)
+        lr = ops.cast(learning_rate, dtype)
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        decay_lr, wd = decay_scalars(self, lr, dtype, weight_decay)
         _ops.library().fusedopt_adam(
             params=[v.handle for v in variables],
             m=[self._slot(self._momentums, v).handle for v in variables],
@@ -42,7 +39,7 @@ class _FusedAdamUpdate:
             one_minus_beta_1=scalar(1 - self.beta_1, dtype),
             one_minus_beta_2=scalar(1 - self.beta_2, dtype),
             epsilon=scalar(self.epsilon, dtype),
-            lr=lr,
+            lr=decay_lr,
             weight_decay=wd,
             apply_weight_decay=weight_decay,
         )

@@ -46,6 +46,25 @@ def scalar(value, dtype) -> tf.Tensor:
     return tf.constant(value, dtype=dtype)
 
 
+def decay_scalars(optimizer, lr, dtype, weight_decay: bool):
+    """The (lr, weight_decay) pair the kernels use for p -= p * wd * lr.
+
+    The kernels compute (p * wd) * lr, as the stock Keras code is written and
+    runs eagerly. In a traced graph, Grappler's arithmetic optimizer rewrites
+    the stock `variable * wd * lr` into `variable * (wd * lr)` (it hoists the
+    scalar product to minimize broadcasts), which rounds differently; passing
+    (wd * lr, 1) reproduces that exactly, since multiplying by 1 is exact.
+    """
+    if not weight_decay:
+        return lr, tf.zeros([], dtype)
+    # tf.cast, like the stock TF-backend decay (a Python float goes through
+    # float32 there, and so here).
+    wd = tf.cast(optimizer.weight_decay, dtype)
+    if tf.executing_eagerly():
+        return lr, wd
+    return tf.ones([], dtype), wd * lr
+
+
 class Optimizer(keras.optimizers.Optimizer):
     """Base class of the fusedopt optimizers.
 
@@ -146,7 +165,8 @@ class Optimizer(keras.optimizers.Optimizer):
 
     def _path(self, variable) -> str:
         """The Keras path ("dense/kernel") of a model variable's tf.Variable."""
-        return self._trainable_variables[self._get_variable_index(variable)].path
+        tracked = self._trainable_variables[self._get_variable_index(variable)]
+        return getattr(tracked, "path", tracked.name)
 
     def _slot(self, slots, variable):
         """The tf.Variable of `variable`'s slot in the Keras list `slots`."""
