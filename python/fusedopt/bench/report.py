@@ -1,0 +1,230 @@
+"""Turning measurements into numbers, a table, JSON and CSV.
+
+Per case (see bench/README.md for the column meanings):
+
+- ``median_s``, ``min_s``, ``max_s``: over the timed samples of one step;
+- ``params_per_s``: parameters updated per second at the median;
+- ``gbps``: the bytes the step must move (``bytes_moved``) over the median time;
+- ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth;
+- ``pct_floor``: ``100 * floor_s / median_s`` (100 = at the memory floor);
+- ``speedup``: for fusedopt's implementations, each baseline's median over
+  this case's median, for the baselines that ran on the same work (optimizer,
+  dtype, shape, device).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import statistics
+
+from fusedopt.bench.cases import Case
+from fusedopt.bench.timing import Measurement
+
+SCHEMA = "fusedopt-bench/1"
+
+CSV_FIELDS = [
+    "name", "optimizer", "dtype", "shape", "n_tensors", "tensor_size", "params", "impl",
+    "device", "ours", "status", "median_s", "min_s", "max_s", "samples", "params_per_s",
+    "gbps", "bytes_per_param", "bytes_moved", "floor_s", "pct_floor", "first_call_s",
+    "copies", "cache", "note",
+]
+
+
+def case_record(case: Case, m: Measurement, floors: dict) -> dict:
+    """One case's JSON record: what ran, every raw timing, and the statistics."""
+    record = {
+        "name": case.name,
+        "optimizer": case.optimizer.name,
+        "dtype": case.dtype,
+        "shape": str(case.shape),
+        "n_tensors": case.shape.n_tensors,
+        "tensor_size": case.shape.tensor_size,
+        "params": case.params,
+        "impl": case.impl.name,
+        "impl_description": case.impl.description,
+        "device": case.impl.device,
+        "ours": case.impl.ours,
+        "group": case.group,
+        "bytes_per_param": case.bytes_per_param,
+        "bytes_moved": case.bytes_moved,
+        "status": m.status,
+        "note": m.note,
+        "setup_s": m.setup_s,
+        "first_call_s": m.first_call_s,
+        "copies": m.copies,
+        "cache": m.cache,
+        "loadavg": m.loadavg,
+        "samples": len(m.times_s),
+        "times_s": m.times_s,
+        "median_s": None, "min_s": None, "max_s": None, "params_per_s": None,
+        "gbps": None, "floor_s": None, "pct_floor": None, "speedup": {},
+    }
+    if m.error:
+        record["error"] = m.error
+    floor = floors.get(case.impl.device)
+    if floor:
+        record["floor_s"] = case.bytes_moved / (floor["gbps"] * 1e9)
+    if m.status == "ok" and m.times_s:
+        median = statistics.median(m.times_s)
+        record.update(
+            median_s=median, min_s=min(m.times_s), max_s=max(m.times_s),
+            params_per_s=case.params / median, gbps=case.bytes_moved / median / 1e9)
+        if record["floor_s"] is not None:
+            record["pct_floor"] = 100.0 * record["floor_s"] / median
+    return record
+
+
+def add_speedups(records: list[dict]) -> None:
+    """Fills ``speedup`` of fusedopt's records: baseline median / our median."""
+    groups = collections.defaultdict(list)
+    for r in records:
+        if r["status"] == "ok":
+            groups[r["group"]].append(r)
+    for members in groups.values():
+        for ours in (r for r in members if r["ours"]):
+            ours["speedup"] = {b["impl"]: b["median_s"] / ours["median_s"]
+                               for b in members if not b["ours"]}
+
+
+def baselines(records: list[dict]) -> list[str]:
+    """Baseline implementations with at least one measured case, in run order."""
+    return list(dict.fromkeys(r["impl"] for r in records
+                              if not r["ours"] and r["status"] == "ok"))
+
+
+# -------------------------------------------------------------------- files
+
+
+def write_json(path, document: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(document, f, indent=1, default=str)
+        f.write("\n")
+
+
+def write_csv(path, records: list[dict]) -> None:
+    """One row per case; ``speedup_vs_<baseline>`` columns for fusedopt's rows."""
+    speedup_fields = [f"speedup_vs_{b}" for b in baselines(records)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + speedup_fields,
+                                extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            row = dict(r)
+            for name, value in r["speedup"].items():
+                row[f"speedup_vs_{name}"] = value
+            writer.writerow(row)
+
+
+# -------------------------------------------------------------------- table
+
+
+def fmt_time(seconds: float | None) -> str:
+    """Milliseconds with three significant digits."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    """An SI-scaled number: 1.5e9 -> '1.50G'."""
+    if value is None:
+        return "-"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table_sections(records: list[dict], floors: dict):
+    """Yields (title, header, rows, row_styles) per (optimizer, dtype, device)."""
+    sections = collections.OrderedDict()
+    for r in records:
+        key = (r["optimizer"], r["dtype"], r["device"])
+        sections.setdefault(key, []).append(r)
+    for (optimizer, dtype, device), members in sections.items():
+        ran = [r for r in members if r["status"] == "ok"]
+        if not ran:
+            continue
+        base = baselines(ran)
+        floor = floors.get(device)
+        title = f"{optimizer} {dtype} on {device}: {members[0]['bytes_per_param']} B/param"
+        if floor:
+            title += f", floor at {floor['gbps']:.1f} GB/s"
+        header = (["shape", "impl", "median ms", "min ms", "max ms", "params/s", "GB/s",
+                   "% floor"] + [f"vs {b}" for b in base] + ["note"])
+        rows, styles = [], []
+        by_shape = collections.OrderedDict()
+        for r in ran:
+            by_shape.setdefault(r["shape"], []).append(r)
+        for shape, shape_records in by_shape.items():
+            for r in shape_records:
+                rows.append([shape, r["impl"], fmt_time(r["median_s"]), fmt_time(r["min_s"]),
+                             fmt_time(r["max_s"]), fmt_rate(r["params_per_s"]),
+                             f"{r['gbps']:.3g}", _pct(r["pct_floor"])]
+                            + [fmt_ratio(r["speedup"].get(b)) if r["ours"] else ""
+                               for b in base]
+                            + [r["note"][:48]])
+                styles.append("bold green" if r["ours"] else "")
+            floor_s = shape_records[0]["floor_s"]
+            if floor_s is not None:
+                rows.append([shape, "floor", fmt_time(floor_s), "", "",
+                             fmt_rate(shape_records[0]["params"] / floor_s),
+                             f"{floor['gbps']:.3g}", "100"] + [""] * len(base) + [""])
+                styles.append("dim")
+        yield title, header, rows, styles
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def not_run_summary(records: list[dict]) -> list[str]:
+    """One line per (status, implementation, reason) of the cases that did not run."""
+    counts = collections.Counter((r["status"], r["impl"], r["note"])
+                                 for r in records if r["status"] != "ok")
+    return [f"{status} {impl} ({n} case{'s' * (n > 1)}): {note}"
+            for (status, impl, note), n in counts.items()]
+
+
+def print_report(records: list[dict], floors: dict, console=None) -> None:
+    """The table on stdout (rich when installed, plain text otherwise)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        Console = None
+
+    if Console is None:
+        for title, header, rows, _ in table_sections(records, floors):
+            print(f"\n{title}")
+            widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+            for row in [header, *rows]:
+                print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)).rstrip())
+        for line in not_run_summary(records):
+            print(line)
+        return
+
+    console = console or Console(width=None if _is_terminal() else 200)
+    for title, header, rows, styles in table_sections(records, floors):
+        table = Table(title=title, title_justify="left")
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i in (0, 1) or name == "note" else "right")
+        for row, style in zip(rows, styles):
+            table.add_row(*row, style=style)
+        console.print(table)
+    for line in not_run_summary(records):
+        console.print(line, style="yellow" if line.startswith("skipped") else "red",
+                      highlight=False)
+
+
+def _is_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()

@@ -1,0 +1,152 @@
+"""Timing one case: set up, warm up, then time single steps from a cold cache.
+
+What one sample is: the wall time of one call of one optimizer step (host
+clock, ``time.perf_counter``; on a GPU, CUDA events around the step), with
+Python's garbage collector off. The report uses the median of the samples.
+
+Cold cache: a real training step runs the forward and backward passes
+between two optimizer steps, so the optimizer's tensors are not in the cache
+when it starts. Cases whose tensors fit in the cache are kept honest in one of
+two ways, chosen per case and recorded in the results:
+
+- ``rotate``: the implementation builds several copies of its tensors and the
+  samples cycle through them, so that between two uses of one copy the others
+  have pushed it out of the cache (at least 2x the last-level cache in between).
+  Used where copies are cheap (NumPy/PyTorch arrays).
+- ``evict``: an untimed pass over a buffer of 2x the last-level cache before
+  each sample. Used where copies are expensive (a TF step is traced once per
+  copy, which takes seconds for hundreds of variables), or where the copies
+  an implementation can afford do not reach 2x the cache.
+
+Cases larger than 2x the cache need neither (``none``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import time
+import traceback
+
+from fusedopt.bench.cases import Case, Skip
+
+# Copies of a case's tensors are capped at this many bytes in all.
+COPIES_MEMORY_CAP = 1 << 30
+MIN_SAMPLES = 3
+
+
+@dataclasses.dataclass
+class Settings:
+    """How to time each case."""
+
+    repeats: int = 20  # timed samples per case (fewer if max_seconds runs out)
+    warmup: int = 2  # untimed calls first (at least one per copy)
+    max_seconds: float = 5.0  # stop sampling after this, once MIN_SAMPLES are taken
+
+
+@dataclasses.dataclass
+class Measurement:
+    """The raw outcome of timing one case."""
+
+    status: str  # "ok", "skipped" or "error"
+    note: str = ""
+    times_s: list = dataclasses.field(default_factory=list)
+    first_call_s: float | None = None  # includes tracing / XLA compilation
+    setup_s: float | None = None
+    copies: int = 0
+    cache: str = ""  # "none", "rotate", "rotate+evict" or "evict"
+    loadavg: list | None = None
+    error: str | None = None  # traceback, for status "error"
+
+
+def copies_wanted(case: Case, cache_bytes: int) -> int:
+    """Copies needed so that each one is evicted before it is used again."""
+    footprint = max(case.footprint_bytes, 1)
+    if footprint >= 2 * cache_bytes:
+        return 1
+    wanted = math.ceil(2 * cache_bytes / footprint) + 1
+    return max(1, min(wanted, case.impl.max_copies, COPIES_MEMORY_CAP // footprint))
+
+
+def is_cold(case: Case, copies: int, cache_bytes: int) -> bool:
+    """Whether cycling through ``copies`` copies alone keeps the cache cold."""
+    others = max(copies - 1, 1)
+    return others * case.footprint_bytes >= 2 * cache_bytes
+
+
+def measure(case: Case, settings: Settings, evictor) -> Measurement:
+    """Sets up, warms up and times ``case``. Never raises (except KeyboardInterrupt).
+
+    ``evictor`` is a callable flushing the case device's caches, with a
+    ``cache_bytes`` attribute; None if the device's caches cannot be flushed.
+    """
+    result = Measurement(status="ok")
+    runner = steps = None
+    gc_was_enabled = gc.isenabled()
+    try:
+        cache_bytes = evictor.cache_bytes if evictor is not None else 0
+        copies = copies_wanted(case, cache_bytes) if evictor is not None else 1
+        start = time.perf_counter()
+        runner = case.impl.setup(case, copies)
+        result.setup_s = time.perf_counter() - start
+        steps = runner.steps
+        result.copies = len(steps)
+        cold = evictor is None or is_cold(case, len(steps), cache_bytes)
+        evict = None if cold else evictor
+        if case.footprint_bytes >= 2 * cache_bytes or evictor is None:
+            result.cache = "none"
+        elif len(steps) > 1:
+            result.cache = "rotate" if cold else "rotate+evict"
+        else:
+            result.cache = "evict"
+
+        sync = runner.sync or (lambda: None)
+        start = time.perf_counter()
+        steps[0]()
+        sync()
+        result.first_call_s = time.perf_counter() - start
+        for i in range(1, max(settings.warmup, len(steps))):
+            steps[i % len(steps)]()
+        sync()
+        if runner.after_warmup is not None:
+            result.note = runner.after_warmup()
+        elif runner.note:
+            result.note = runner.note
+
+        gc.collect()
+        gc.disable()
+        clock = runner.clock
+        begin = time.perf_counter()
+        for i in range(settings.repeats):
+            if i >= MIN_SAMPLES and time.perf_counter() - begin > settings.max_seconds:
+                break
+            if evict is not None:
+                evict()
+            step = steps[i % len(steps)]
+            if clock is not None:
+                clock_start, clock_stop = clock()
+                clock_start()
+                step()
+                result.times_s.append(clock_stop())
+            else:
+                t0 = time.perf_counter()
+                step()
+                sync()
+                result.times_s.append(time.perf_counter() - t0)
+    except Skip as e:
+        result.status, result.note = "skipped", str(e)
+        result.times_s = []
+    except Exception as e:  # noqa: BLE001 - one broken case must not stop the run
+        result.status = "error"
+        result.note = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        result.error = traceback.format_exc()
+        result.times_s = []
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        runner = steps = None  # free the tensors before the next case
+        gc.collect()
+    result.loadavg = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return result

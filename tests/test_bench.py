@@ -1,0 +1,192 @@
+"""The benchmark CLI (fusedopt-bench): it runs, skips what is missing, and writes
+the documented JSON, CSV and PNG. No timing is asserted here: timings belong
+to the benchmark's output, not to tests.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fusedopt.bench import cases, cli, report, timing
+from fusedopt.bench.cases import Implementation, Runner, Skip
+
+TOP_LEVEL_FIELDS = {"schema", "created", "command", "settings", "machine", "versions",
+                    "build_info", "floor", "notes", "cases", "wall_s"}
+MACHINE_FIELDS = {"cpu_model", "cpu_count", "memory_bytes", "llc_bytes", "loadavg",
+                  "loadavg_end"}
+CASE_FIELDS = {"name", "optimizer", "dtype", "shape", "n_tensors", "tensor_size", "params",
+               "impl", "device", "ours", "status", "note", "times_s", "median_s", "min_s",
+               "max_s", "params_per_s", "gbps", "bytes_per_param", "bytes_moved", "floor_s",
+               "pct_floor", "speedup", "copies", "cache", "first_call_s", "loadavg"}
+
+
+def run_cli(*args, timeout=240):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "fusedopt.bench", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_quick_tiny_grid_writes_documented_outputs(tmp_path):
+    # fusedopt, stock Keras, the per-variable TF op, the raw kernel, and a GPU
+    # baseline that is skipped (not an error) on a machine without one.
+    proc = run_cli("--quick", "--shapes", "3x1K,2x300", "--impls",
+                   "fusedopt,keras,tf-raw,kernels,torch-fused", "--repeats", "3",
+                   "--out", str(tmp_path), "--name", "tiny")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "% floor" in proc.stdout
+
+    doc = json.loads((tmp_path / "tiny.json").read_text())
+    assert TOP_LEVEL_FIELDS <= set(doc)
+    assert doc["schema"] == report.SCHEMA
+    assert MACHINE_FIELDS <= set(doc["machine"])
+    assert {"python", "numpy", "tensorflow", "keras", "fusedopt"} <= set(doc["versions"])
+    assert "cuda" in doc["build_info"] and "cpu_isa" in doc["build_info"]
+    cpu_floor = doc["floor"]["cpu"]
+    assert cpu_floor["gbps"] > 0 and len(cpu_floor["times_s"]) > 0
+
+    by_name = {c["name"]: c for c in doc["cases"]}
+    assert len(by_name) == 2 * 5
+    for case in doc["cases"]:
+        assert CASE_FIELDS <= set(case), case["name"]
+        assert case["status"] in ("ok", "skipped"), (case["name"], case["note"])
+        assert case["bytes_per_param"] == 28
+    for shape in ("3x1K", "2x300"):
+        fused = by_name[f"adam/float32/{shape}/fusedopt"]
+        assert fused["status"] == "ok"
+        assert len(fused["times_s"]) == 3
+        assert fused["min_s"] <= fused["median_s"] <= fused["max_s"]
+        assert fused["floor_s"] > 0 and fused["pct_floor"] > 0
+        assert set(fused["speedup"]) == {"keras", "tf-raw"}
+        assert fused["note"].startswith("fused ")
+        assert by_name[f"adam/float32/{shape}/keras"]["speedup"] == {}
+        torch = by_name[f"adam/float32/{shape}/torch-fused"]
+        if torch["status"] == "skipped":
+            assert torch["note"]
+
+    with open(tmp_path / "tiny.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10
+    assert {"median_s", "pct_floor", "speedup_vs_keras", "speedup_vs_tf-raw"} <= set(rows[0])
+    png = (tmp_path / "tiny.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_list_and_filter(capsys):
+    assert cli.main(["--list", "--filter", "adam/float32/20x1M/*", "--filter", "300x256/tf-raw"]) == 0
+    out = capsys.readouterr().out
+    names = [line for line in out.splitlines() if line.startswith("adam")]
+    assert "adam/float32/20x1M/fusedopt" in names
+    assert "adam/float32/20x1M/keras-xla" in names
+    assert "adam/float32/300x256/tf-raw" in names
+    assert "adam/float32/300x256/keras" not in names
+    assert all("/20x1M/" in n or n.endswith("300x256/tf-raw") for n in names)
+
+
+def test_quick_preset_has_the_foundation_cases(capsys):
+    assert cli.main(["--quick", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("adam/float32/20x1M/fusedopt", "adam/float32/20x1M/keras",
+                 "adam/float32/20x1M/tf-raw", "adam/float32/300x256/fusedopt",
+                 "adam/float32/300x256/keras", "adam/float32/300x256/tf-raw"):
+        assert name in out
+
+
+def test_no_matching_case_is_a_usage_error():
+    assert cli.main(["--filter", "no-such-case"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["--impls", "no-such-impl"])
+
+
+def test_parse_shapes_and_counts():
+    assert cases.parse_shapes("20x1M, 300x256,2x4k") == [
+        cases.Shape(20, 1 << 20), cases.Shape(300, 256), cases.Shape(2, 4096)]
+    assert str(cases.Shape(20, 1 << 20)) == "20x1M"
+    assert str(cases.Shape(3, 1000)) == "3x1000"
+    for bad in ("20", "0x5", "ax1M", "2x3x4"):
+        with pytest.raises(ValueError):
+            cases.parse_shapes(bad)
+
+
+def test_bytes_per_param():
+    assert cases.OPTIMIZERS["adam"].bytes_per_param("float32") == 28
+    assert cases.OPTIMIZERS["adam"].bytes_per_param("float64") == 56
+    assert cases.OPTIMIZERS["sgd"].bytes_per_param("float32") == 20
+    assert cases.OPTIMIZERS["adam-gclip"].bytes_per_param("float32") == 32
+
+
+def _fake(monkeypatch, name, setup, max_copies=1):
+    monkeypatch.setitem(cases.IMPLEMENTATIONS, name,
+                        Implementation(name, setup, "cpu", True, "test double", max_copies))
+
+
+def test_rotation_errors_and_skips_in_process(monkeypatch, tmp_path, capsys):
+    calls = {"copies": None, "steps": 0}
+
+    def rotating(case, copies):
+        calls["copies"] = copies
+        arrays = [np.ones(case.shape.tensor_size, np.float32) for _ in range(copies)]
+
+        def make(a):
+            def step():
+                np.multiply(a, 1.0, out=a)
+                calls["steps"] += 1
+            return step
+
+        return Runner([make(a) for a in arrays], note="double")
+
+    def broken(case, copies):
+        raise RuntimeError("boom")
+
+    def missing(case, copies):
+        raise Skip("not here")
+
+    _fake(monkeypatch, "t-rotating", rotating, max_copies=8)
+    _fake(monkeypatch, "t-broken", broken)
+    _fake(monkeypatch, "t-missing", missing)
+    code = cli.main(["--shapes", "2x1K", "--optimizers", "adam", "--dtypes", "float32",
+                     "--impls", "t-rotating,t-broken,t-missing", "--repeats", "4",
+                     "--warmup", "1", "--out", str(tmp_path), "--name", "fake", "--no-plot"])
+    assert code == 1  # an unexpected error is reported and fails the run
+    doc = json.loads((tmp_path / "fake.json").read_text())
+    status = {c["impl"]: c for c in doc["cases"]}
+    assert status["t-rotating"]["status"] == "ok"
+    assert status["t-rotating"]["copies"] == 8 == calls["copies"]
+    assert status["t-rotating"]["cache"] == "rotate+evict"  # 8 copies of 32 KiB stay cached
+    assert len(status["t-rotating"]["times_s"]) == 4
+    assert calls["steps"] == 8 + 4  # warm-up touches every copy once
+    assert status["t-broken"]["status"] == "error"
+    assert "RuntimeError: boom" in status["t-broken"]["note"]
+    assert "Traceback" in status["t-broken"]["error"]
+    assert status["t-missing"]["status"] == "skipped"
+    assert status["t-missing"]["note"] == "not here"
+    assert not (tmp_path / "fake.png").exists()
+
+
+def test_copies_and_cache_decision():
+    adam = cases.OPTIMIZERS["adam"]
+    impl = Implementation("x", None, "cpu", True, "", max_copies=1000)
+    small = cases.Case(adam, "float32", cases.Shape(300, 256), impl)  # 1.2 MB
+    large = cases.Case(adam, "float32", cases.Shape(20, 1 << 20), impl)  # 336 MB
+    llc = 32 << 20
+    copies = timing.copies_wanted(small, llc)
+    assert timing.is_cold(small, copies, llc)
+    assert not timing.is_cold(small, copies - 1, llc)
+    assert timing.copies_wanted(large, llc) == 1
+    assert timing.is_cold(large, 1, llc)
+
+
+def test_speedups_compare_within_a_group():
+    def rec(impl, ours, median, group="g"):
+        return {"impl": impl, "ours": ours, "median_s": median, "status": "ok",
+                "group": group, "speedup": {}}
+
+    records = [rec("fusedopt", True, 1.0), rec("keras", False, 4.0),
+               rec("tf-raw", False, 2.0), rec("keras", False, 100.0, group="other")]
+    report.add_speedups(records)
+    assert records[0]["speedup"] == {"keras": 4.0, "tf-raw": 2.0}
+    assert records[1]["speedup"] == {}
