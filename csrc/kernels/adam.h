@@ -30,18 +30,19 @@ struct AdamScalars {
   T weight_decay;      // only used when the caller asks for decay
 };
 
-// The host-side scalar computation for callers that get raw hyperparameters
-// (the pybind11 API). The Keras optimizers compute the same values with TF ops
-// instead, to match the stock optimizer's float32 rounding exactly.
+// The scalar computation for callers that get raw hyperparameters (the
+// pybind11 API; on the device when the hyperparameters live in device memory).
+// The Keras optimizers compute the same values with TF ops instead, to match
+// the stock optimizer's float32 rounding exactly.
 template <typename T>
-inline AdamScalars<T> make_adam_scalars(double lr, double beta_1, double beta_2,
-                                        double epsilon, int64_t step,
-                                        double weight_decay) {
+FUSEDOPT_HOST_DEVICE AdamScalars<T> make_adam_scalars(double lr, double beta_1,
+                                                      double beta_2, double epsilon,
+                                                      int64_t step, double weight_decay) {
   const double t = static_cast<double>(step);
-  const double bias_1 = 1.0 - std::pow(beta_1, t);
-  const double bias_2 = 1.0 - std::pow(beta_2, t);
+  const double bias_1 = 1.0 - ::pow(beta_1, t);
+  const double bias_2 = 1.0 - ::pow(beta_2, t);
   AdamScalars<T> s;
-  s.alpha = static_cast<T>(lr * std::sqrt(bias_2) / bias_1);
+  s.alpha = static_cast<T>(lr * ::sqrt(bias_2) / bias_1);
   s.one_minus_beta_1 = static_cast<T>(1.0 - beta_1);
   s.one_minus_beta_2 = static_cast<T>(1.0 - beta_2);
   s.epsilon = static_cast<T>(epsilon);

@@ -4,11 +4,19 @@
 // All checks (dtype, initialization, shapes, the same variable twice, scalar
 // hyperparameters) run before the first write, so a bad call fails with
 // InvalidArgument and leaves every variable as it was. The kernels' math is
-// not here: ops only translate tensors into raw pointers for csrc/cpu/.
+// not here: ops only translate tensors into raw pointers for csrc/cpu/ and
+// csrc/cuda/.
+//
+// GPU ops use Device = GpuDevice (below), never Eigen::GpuDevice (DESIGN.md:
+// CUDA 13 against TF's CUDA 12 build): TF's copy-on-write helper needs an
+// Eigen device, so for the GPU the copy is the `copy` function the op passes
+// (a device-to-device copy on the op's stream).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -25,18 +33,33 @@
 namespace fusedopt {
 namespace tf = ::tensorflow;
 
+// The Device of GPU ops: a plain tag, no Eigen device behind it.
+struct GpuDevice {};
+
+// Copies `from` into the freshly allocated `to` (same dtype and shape).
+using BufferCopy = std::function<absl::Status(const tf::Tensor& from, tf::Tensor* to)>;
+
 template <typename Device, typename T>
 class FusedUpdate {
+  // TF's helpers copy-on-write with an Eigen device functor; GPU ops copy with
+  // copy_ instead. TF's locking helper only uses its Device on the sparse
+  // path, which is never taken here, so the GPU ops lock through the CPU one.
+  static constexpr bool kEigenCopy = !std::is_same<Device, GpuDevice>::value;
+  using LockDevice = std::conditional_t<kEigenCopy, Device, Eigen::ThreadPoolDevice>;
+
  public:
   // var_lists: names of the `N * resource` inputs, updated in place.
   // grad_list: name of the `N * T` dense gradient input.
   // scalars: names of the 0-d hyperparameter inputs.
+  // copy: the copy-on-write copy, required with Device = GpuDevice.
   FusedUpdate(tf::OpKernelContext* ctx, std::vector<std::string> var_lists,
-              std::string grad_list, std::vector<std::string> scalars)
+              std::string grad_list, std::vector<std::string> scalars,
+              BufferCopy copy = nullptr)
       : ctx_(ctx),
         var_lists_(std::move(var_lists)),
         grad_list_(std::move(grad_list)),
-        scalars_(std::move(scalars)) {}
+        scalars_(std::move(scalars)),
+        copy_(std::move(copy)) {}
 
   // Locks and validates. On error nothing has been written. On success,
   // variables() and grads() are ready and the locks are held until this object
@@ -60,7 +83,7 @@ class FusedUpdate {
                              name, " must be a scalar (0-d tensor), got shape ",
                              t->shape().DebugString()));
     }
-    lock_.emplace(tf::MaybeLockVariableInputMutexesInOrder<Device, T>(
+    lock_.emplace(tf::MaybeLockVariableInputMutexesInOrder<LockDevice, T>(
         ctx_, /*do_lock=*/true, /*sparse=*/false, ids));
     TF_RETURN_IF_ERROR(ctx_->status());
 
@@ -96,8 +119,7 @@ class FusedUpdate {
     for (size_t l = 0; l < var_lists_.size(); ++l) {
       for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
         tf::Tensor t;
-        TF_RETURN_IF_ERROR((tf::GetInputTensorFromVariable<Device, T>(
-                                  ctx_, i, /*lock_held=*/true, /*sparse=*/false, &t)));
+        TF_RETURN_IF_ERROR(WritableTensor(i, &t));
         variables_[l].push_back(t);
       }
     }
@@ -117,6 +139,30 @@ class FusedUpdate {
   }
 
  private:
+  // The variable's tensor for input `input`, copied first where a reader still
+  // holds its buffer (the lock is held).
+  absl::Status WritableTensor(int input, tf::Tensor* out) {
+    if constexpr (kEigenCopy) {
+      return tf::GetInputTensorFromVariable<Device, T>(ctx_, input, /*lock_held=*/true,
+                                                       /*sparse=*/false, out);
+    } else {
+      // What TF's PrepareToUpdateVariable does, with copy_ for the copy.
+      FUSEDOPT_REQUIRE(copy_ != nullptr,
+                       tf::errors::Internal("FusedUpdate<GpuDevice>: no copy function"));
+      tf::core::RefCountPtr<tf::Var> var;
+      TF_RETURN_IF_ERROR(tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, input), &var));
+      tf::Tensor* value = var->tensor();
+      if (var->copy_on_read_mode.load() || !value->RefCountIsOne()) {
+        tf::Tensor copy;
+        TF_RETURN_IF_ERROR(ctx_->allocate_temp(value->dtype(), value->shape(), &copy));
+        TF_RETURN_IF_ERROR(copy_(*value, &copy));
+        *value = copy;
+      }
+      *out = *value;
+      return absl::OkStatus();
+    }
+  }
+
   // "m[2] (variable 'dense/kernel/m')" for flat input index `input`.
   std::string Label(int input) const {
     for (size_t l = 0; l < ranges_.size(); ++l) {
@@ -132,6 +178,7 @@ class FusedUpdate {
   std::vector<std::string> var_lists_;
   std::string grad_list_;
   std::vector<std::string> scalars_;
+  BufferCopy copy_;
   std::vector<std::pair<int, int>> ranges_;
   std::optional<tf::VariableInputLockHolder> lock_;
   std::vector<std::vector<tf::Tensor>> variables_;
