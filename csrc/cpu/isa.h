@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/adam.h"
+#include "kernels/sgd.h"
 
 namespace fusedopt {
 
@@ -21,6 +22,11 @@ struct IsaKernels {
                    const AdamScalars<float>& s, bool decay);
   void (*adam_f64)(double* p, const double* g, double* m, double* v, int64_t n,
                    const AdamScalars<double>& s, bool decay);
+  // m is unused (may be null) for SgdVariant::kPlain.
+  void (*sgd_f32)(float* p, const float* g, float* m, int64_t n,
+                  const SgdScalars<float>& s, SgdVariant variant, bool decay);
+  void (*sgd_f64)(double* p, const double* g, double* m, int64_t n,
+                  const SgdScalars<double>& s, SgdVariant variant, bool decay);
 };
 
 // The kernels for the best instruction set compiled in and supported here.
@@ -41,6 +47,17 @@ struct IsaAdam<float> {
 template <>
 struct IsaAdam<double> {
   static auto get(const IsaKernels& k) { return k.adam_f64; }
+};
+
+template <typename T>
+struct IsaSgd;
+template <>
+struct IsaSgd<float> {
+  static auto get(const IsaKernels& k) { return k.sgd_f32; }
+};
+template <>
+struct IsaSgd<double> {
+  static auto get(const IsaKernels& k) { return k.sgd_f64; }
 };
 
 }  // namespace fusedopt

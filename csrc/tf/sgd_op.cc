@@ -1,0 +1,119 @@
+// FusedoptSgd: one op call updates every variable of one dtype with SGD
+// (plain, momentum or Nesterov), in place. Hyperparameters arrive as runtime
+// scalar tensors computed by the Python optimizer with the same TF ops the
+// stock Keras SGD uses, so schedules and callbacks change them every step
+// without retracing.
+//
+// Plain SGD has no momentum buffer: `momentums` is an empty list (M = 0).
+// With M = N the momentum buffers are updated and `nesterov` picks the rule.
+#include "cpu/sgd_cpu.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf/fused_update.h"
+
+namespace fusedopt {
+namespace {
+
+using CPUDevice = Eigen::ThreadPoolDevice;
+
+const std::vector<std::string> kSgdScalars = {"lr", "momentum", "weight_decay",
+                                              "decay_lr"};
+
+absl::Status CheckMomentumCount(int n, int m) {
+  if (m != 0 && m != n) {
+    return tf::errors::InvalidArgument(
+        "momentums has ", m, " variables but params has ", n,
+        "; pass one momentum buffer per parameter, or none for plain SGD");
+  }
+  return absl::OkStatus();
+}
+
+REGISTER_OP("FusedoptSgd")
+    .Input("params: N * resource")
+    .Input("momentums: M * resource")
+    .Input("grads: N * T")
+    .Input("lr: T")
+    .Input("momentum: T")
+    .Input("weight_decay: T")
+    .Input("decay_lr: T")
+    .Attr("T: {float, double}")
+    .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
+    .Attr("nesterov: bool = false")
+    .Attr("apply_weight_decay: bool = false")
+    .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
+      int n, m;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
+      TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
+      TF_RETURN_IF_ERROR(CheckMomentumCount(n, m));
+      tf::shape_inference::ShapeHandle unused;
+      for (int i = 2 * n + m; i < c->num_inputs(); ++i) {
+        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      }
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Multi-tensor SGD (Keras semantics), updating params and momentums in place.
+
+For every element: if apply_weight_decay, p -= p * weight_decay * decay_lr;
+then with no momentums (M = 0) p -= g * lr; otherwise
+m = m * momentum - g * lr and p += m, or with nesterov
+p += m * momentum - g * lr (with the new m). Variables are locked in address
+order; every input is validated before the first write.
+)doc");
+
+template <typename T>
+class FusedoptSgdOp : public tf::OpKernel {
+ public:
+  explicit FusedoptSgdOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
+    int n, m;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("M", &m));
+    OP_REQUIRES_OK(ctx, CheckMomentumCount(n, m));
+    bool nesterov = false;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
+    variant_ = m == 0    ? SgdVariant::kPlain
+               : nesterov ? SgdVariant::kNesterov
+                          : SgdVariant::kMomentum;
+  }
+
+  void Compute(tf::OpKernelContext* ctx) override {
+    FusedUpdate<CPUDevice, T> update(ctx, {"params", "momentums"}, "grads", kSgdScalars);
+    OP_REQUIRES_OK(ctx, update.Prepare());
+
+    SgdScalars<T> s;
+    s.lr = update.Scalar("lr");
+    s.momentum = update.Scalar("momentum");
+    s.weight_decay = update.Scalar("weight_decay");
+    s.decay_lr = update.Scalar("decay_lr");
+
+    auto& vars = update.variables();
+    SgdTensors<T> t;
+    for (size_t i = 0; i < update.grads().size(); ++i) {
+      t.params.push_back(vars[0][i].template flat<T>().data());
+      if (variant_ != SgdVariant::kPlain) {
+        t.m.push_back(vars[1][i].template flat<T>().data());
+      }
+      t.grads.push_back(update.grads()[i].template flat<T>().data());
+      t.sizes.push_back(update.grads()[i].NumElements());
+    }
+    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx));
+  }
+
+ private:
+  SgdVariant variant_ = SgdVariant::kPlain;
+  bool apply_weight_decay_ = false;
+};
+
+#define REGISTER_CPU(T)                                                        \
+  REGISTER_KERNEL_BUILDER(                                                     \
+      Name("FusedoptSgd").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
+      FusedoptSgdOp<T>);
+REGISTER_CPU(float);
+REGISTER_CPU(double);
+#undef REGISTER_CPU
+
+}  // namespace
+}  // namespace fusedopt
