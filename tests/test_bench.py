@@ -31,7 +31,7 @@ def run_cli(*args, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_cli_quick_tiny_grid_writes_documented_outputs(tmp_path):
+def test_cli_quick_tiny_grid_writes_documented_outputs(tmp_path, capsys):
     # fusedopt, stock Keras, the per-variable TF op, the raw kernel, and a GPU
     # baseline that is skipped (not an error) on a machine without one.
     proc = run_cli("--quick", "--shapes", "3x1K,2x300", "--impls",
@@ -74,6 +74,11 @@ def test_cli_quick_tiny_grid_writes_documented_outputs(tmp_path):
     assert {"median_s", "pct_floor", "speedup_vs_keras", "speedup_vs_tf-raw"} <= set(rows[0])
     png = (tmp_path / "tiny.png").read_bytes()
     assert png.startswith(b"\x89PNG")
+
+    # A saved run renders again, as Markdown for READMEs.
+    assert cli.main(["--show", str(tmp_path / "tiny.json"), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| shape | impl | median ms |" in out and "| 3x1K | fusedopt |" in out
 
 
 def test_list_and_filter(capsys):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import sys
 import time
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, help="untimed calls per case before timing")
     parser.add_argument("--max-case-seconds", type=float,
                         help="stop sampling a case after this long (at least 3 samples)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="no rotating buffers or cache eviction: time repeated steps on "
+                        "one copy of the tensors (small cases then run from the cache)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--out", metavar="DIR",
                         help="write PREFIX.json, PREFIX.csv and PREFIX.png into DIR")
@@ -94,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file name prefix for --out (default: cpu-YYYY-MM-DD, or "
                         "cuda-YYYY-MM-DD when GPU cases ran)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--show", metavar="FILE.json",
+                        help="print the tables of a saved run and exit (runs nothing)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the tables as Markdown instead of rich tables")
     return parser
 
 
@@ -187,6 +195,14 @@ def _evictor(device: str, llc: int):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.show:
+        with open(args.show) as f:
+            saved = json.load(f)
+        show = report.markdown if args.markdown else report.print_report
+        text = show(saved["cases"], saved["floor"])
+        if text:
+            print(text)
+        return 0
     preset = QUICK if args.quick else FULL
     settings = dataclasses.replace(
         preset.settings,
@@ -214,7 +230,8 @@ def main(argv=None) -> int:
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": ["fusedopt-bench", *(sys.argv[1:] if argv is None else argv)],
         "settings": {**dataclasses.asdict(settings), "quick": args.quick,
-                     "filter": args.filter, "cases_selected": len(cases)},
+                     "warm_cache": args.warm_cache, "filter": args.filter,
+                     "cases_selected": len(cases)},
         "machine": machine.machine_info(),
         "versions": machine.versions(),
         "build_info": fusedopt.build_info(),
@@ -233,7 +250,8 @@ def main(argv=None) -> int:
             notes.append("no CUDA GPU with PyTorch or CuPy: no GPU floor")
         else:
             floors["cuda"] = cuda_floor
-    evictors = {device: _evictor(device, llc) for device in devices}
+    evictors = ({} if args.warm_cache
+                else {device: _evictor(device, llc) for device in devices})
 
     measurements = []
     with _Progress(len(cases)) as progress:
@@ -253,7 +271,10 @@ def main(argv=None) -> int:
     document["machine"]["loadavg_end"] = (list(os.getloadavg())
                                           if hasattr(os, "getloadavg") else None)
 
-    report.print_report(records, floors)
+    if args.markdown:
+        print(report.markdown(records, floors))
+    else:
+        report.print_report(records, floors)
     for note in notes:
         print(note)
     print(f"{sum(r['status'] == 'ok' for r in records)} of {len(records)} cases ran in "

@@ -30,7 +30,7 @@ def write_plot(path, records: list[dict]) -> None:
     tensor_counts = sorted({r["n_tensors"] for rs in sections.values() for r in rs})
     styles = {n: ["-", "--", ":", "-."][i % 4] for i, n in enumerate(tensor_counts)}
 
-    fig, axes = plt.subplots(len(sections), 2, figsize=(12, 3.6 * len(sections)),
+    fig, axes = plt.subplots(len(sections), 2, figsize=(15, 3.8 * len(sections)),
                              squeeze=False)
     for row, ((optimizer, dtype, device), members) in enumerate(sections.items()):
         ax_time, ax_pct = axes[row]
@@ -51,12 +51,12 @@ def write_plot(path, records: list[dict]) -> None:
         title = f"{optimizer} {dtype} ({device}), {members[0]['bytes_per_param']} B/param"
         ax_time.set(xscale="log", yscale="log", xlabel="parameters",
                     ylabel="median step time (ms)", title=title)
-        ax_pct.set(xscale="log", xlabel="parameters", ylabel="% of memory floor",
-                   title=f"{title}: floor time / step time")
-        ax_pct.axhline(100, color="black", linestyle=":", linewidth=1)
+        ax_pct.set(xscale="log", yscale="log", xlabel="parameters",
+                   ylabel="% of memory floor (log)", title="floor time / median step time")
+        ax_pct.axhline(100, color="black", linestyle=":", label="memory floor")
         for ax in (ax_time, ax_pct):
             ax.grid(True, which="both", alpha=0.3)
-        ax_time.legend(fontsize=7, ncol=2)
+        ax_pct.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -193,6 +193,20 @@ def not_run_summary(records: list[dict]) -> list[str]:
             for (status, impl, note), n in counts.items()]
 
 
+def markdown(records: list[dict], floors: dict) -> str:
+    """The same tables in Markdown (for READMEs)."""
+    lines = []
+    for title, header, rows, _ in table_sections(records, floors):
+        keep = [i for i, name in enumerate(header) if name != "note"]
+        lines += [f"**{title}**", "",
+                  "| " + " | ".join(header[i] for i in keep) + " |",
+                  "|" + "|".join("---" if i < 2 else "---:" for i in keep) + "|"]
+        lines += ["| " + " | ".join(str(row[i]) for i in keep) + " |" for row in rows]
+        lines.append("")
+    lines += [f"- {line}" for line in not_run_summary(records)]
+    return "\n".join(lines)
+
+
 def print_report(records: list[dict], floors: dict, console=None) -> None:
     """The table on stdout (rich when installed, plain text otherwise)."""
     try:

@@ -18,7 +18,8 @@ two ways, chosen per case and recorded in the results:
   copy, which takes seconds for hundreds of variables), or where the copies
   an implementation can afford do not reach 2x the cache.
 
-Cases larger than 2x the cache need neither (``none``).
+Cases larger than 2x the cache need neither (``none``). ``--warm-cache``
+turns both off (``warm``): one copy, timed from whatever the cache holds.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Measurement:
     first_call_s: float | None = None  # includes tracing / XLA compilation
     setup_s: float | None = None
     copies: int = 0
-    cache: str = ""  # "none", "rotate", "rotate+evict" or "evict"
+    cache: str = ""  # "none", "rotate", "rotate+evict", "evict" or "warm"
     loadavg: list | None = None
     error: str | None = None  # traceback, for status "error"
 
@@ -80,7 +81,7 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
     """Sets up, warms up and times ``case``. Never raises (except KeyboardInterrupt).
 
     ``evictor`` is a callable flushing the case device's caches, with a
-    ``cache_bytes`` attribute; None if the device's caches cannot be flushed.
+    ``cache_bytes`` attribute; None times one copy from a warm cache.
     """
     result = Measurement(status="ok")
     runner = steps = None
@@ -95,7 +96,9 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
         result.copies = len(steps)
         cold = evictor is None or is_cold(case, len(steps), cache_bytes)
         evict = None if cold else evictor
-        if case.footprint_bytes >= 2 * cache_bytes or evictor is None:
+        if evictor is None:
+            result.cache = "warm"
+        elif case.footprint_bytes >= 2 * cache_bytes:
             result.cache = "none"
         elif len(steps) > 1:
             result.cache = "rotate" if cold else "rotate+evict"
