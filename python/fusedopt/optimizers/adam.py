@@ -6,11 +6,23 @@ import keras
 from keras import ops
 
 from fusedopt import _ops
+from fusedopt import hyperparameters as hp
 from fusedopt.optimizers.base import Optimizer, decay_scalars, scalar
 
 
 class _FusedAdamUpdate:
     """The fused Adam/AdamW update, shared by Adam and AdamW."""
+
+    @classmethod
+    def _hyperparameter_ranges(cls):
+        return {**super()._hyperparameter_ranges(), "beta_1": hp.UNIT_OPEN,
+                "beta_2": hp.UNIT_OPEN, "epsilon": hp.NON_NEGATIVE}
+
+    def _slot_attributes(self):
+        slots = {"momentum": "_momentums", "velocity": "_velocities"}
+        if self.amsgrad:
+            slots["velocity_hat"] = "_velocity_hats"
+        return slots
 
     def _fused_unsupported_reason(self):
         if self.amsgrad:

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
+from fusedopt.optimizers.arguments import ArgumentStructure
 
 FUSED = "fused"
 
@@ -65,10 +66,12 @@ def decay_scalars(optimizer, lr, dtype, weight_decay: bool):
     return tf.ones([], dtype), wd * lr
 
 
-class Optimizer(keras.optimizers.Optimizer):
+class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
     """Base class of the fusedopt optimizers.
 
-    Subclasses list it before the stock class they extend
+    The argument structure (hyperparameters, gradient transformers, state) is
+    in `ArgumentStructure`; this class adds the fused update path. Subclasses
+    list it before the stock class they extend
     (``class Adam(Optimizer, keras.optimizers.Adam)``) and implement
     ``_fused_unsupported_reason`` and ``_fused_update``.
     """
@@ -112,6 +115,14 @@ class Optimizer(keras.optimizers.Optimizer):
         self._pending_decay = {
             self._var_key(v) for v in variables if self._use_weight_decay(v)
         }
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # After Keras' unscaling, accumulation and clipping; before the weight
+        # decay (deferred into the update) and the update itself.
+        if self.gradient_transformers:
+            grads = self._apply_transformers(
+                self.gradient_transformers, grads, trainable_variables)
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def _fallback_reason(self, distribution, grad, var) -> str | None:
         if _ops.library() is None:

@@ -1,0 +1,307 @@
+"""The argument structure every fusedopt optimizer shares.
+
+Three parts (see the README's "Argument structure" section):
+
+1. Hyperparameters: each accepts a number, a 0-d tensor or variable, a
+   LearningRateSchedule or a zero-argument callable, is validated at
+   construction and evaluated at every step (`fusedopt.hyperparameters`).
+2. Gradient transformers: ``gradient_transformers=[f, ...]``, callables on
+   lists of (grad, var) pairs, applied in order and checked after each.
+3. State: ``get_slot_names()`` / ``get_slot(var, name)`` over the stock slot
+   variables.
+
+This mixin sits before the stock Keras class in the MRO; it never changes the
+optimizer variables, so checkpoints stay interchangeable with stock Keras.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+from fusedopt import hyperparameters as hp
+
+
+class _Hyperparameter:
+    """Class attribute for a hyperparameter: stores what the user gave,
+    returns its value for the current step (numbers stay numbers, so the
+    inherited stock code sees exactly what it would see without fusedopt)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            raw = obj.__dict__["_hyper_raw"][self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        return hp.evaluate(raw, obj.iterations)
+
+    def __set__(self, obj, value):
+        valid = obj._hyperparameter_ranges().get(self.name)
+        if valid is not None:
+            value = hp.check(self.name, value, valid, allow_none=self.name == "weight_decay")
+        obj.__dict__.setdefault("_hyper_raw", {})[self.name] = value
+
+
+def _transformer_name(fn) -> str:
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+class ArgumentStructure:
+    """Hyperparameters, gradient transformers and state for a Keras optimizer."""
+
+    # Hyperparameters the stock classes store as plain attributes.
+    weight_decay = _Hyperparameter()
+    beta_1 = _Hyperparameter()
+    beta_2 = _Hyperparameter()
+    epsilon = _Hyperparameter()
+    momentum = _Hyperparameter()
+
+
+    @classmethod
+    def _hyperparameter_ranges(cls) -> dict:
+        """Valid values of every hyperparameter of this class."""
+        return {"learning_rate": hp.NON_NEGATIVE, "weight_decay": hp.NON_NEGATIVE}
+
+    def __init__(self, *args, gradient_transformers=None, **kwargs):
+        if "lr" in kwargs:
+            raise TypeError(
+                "Unknown argument lr=: the learning rate is passed as learning_rate= "
+                "(e.g. fusedopt.Adam(learning_rate=1e-3))"
+            )
+        signature = inspect.signature(super().__init__)
+        params = signature.parameters
+        known = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        unknown = sorted(set(kwargs) - known - {"decay"})
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown argument(s) {', '.join(unknown)}; "
+                f"valid arguments: {', '.join(sorted(known | {'gradient_transformers'}))}"
+            )
+        call = {}
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            if params[name].kind is params[name].VAR_KEYWORD:
+                call.update(value)
+            else:
+                call[name] = value
+        self._check_clip_arguments(call)
+
+        # Validate every hyperparameter. The stock constructor only takes
+        # numbers (and, for learning_rate, schedules and callables): hand it
+        # the default for the others and set the real value once it has run.
+        later = {}
+        for name, valid in self._hyperparameter_ranges().items():
+            if name not in params:
+                continue
+            default = params[name].default
+            value = call.get(name, default)
+            checked = hp.check(name, value, valid, allow_none=name == "weight_decay")
+            if name == "learning_rate":
+                if hp.is_variable(checked):
+                    checked = hp.VariableRef(checked)
+                elif tf.is_tensor(checked):
+                    checked = float(checked)
+                call[name] = checked
+            elif checked is None or hp.is_number(checked):
+                if name in call:
+                    call[name] = checked
+            else:
+                later[name] = checked
+                call[name] = default if default is not params[name].empty else 0.0
+        super().__init__(**call)
+        for name, value in later.items():
+            setattr(self, name, value)
+        self._learning_rate_argument = call.get("learning_rate")
+        self._gradient_transformers = self._check_transformers(gradient_transformers)
+
+    @property
+    def gradient_transformers(self) -> tuple:
+        """The gradient transformers, applied in order (see fusedopt.transformers)."""
+        return self._gradient_transformers
+
+    @staticmethod
+    def _check_clip_arguments(values):
+        # Stock Keras silently ignores a clip threshold <= 0: refuse it.
+        for name in ("clipnorm", "global_clipnorm", "clipvalue"):
+            value = values.get(name)
+            if value is None:
+                continue
+            if not hp.is_number(value):
+                raise TypeError(
+                    f"{name} must be a number; for a threshold that changes during "
+                    f"training use fusedopt.transformers (e.g. clip_by_norm(variable))"
+                )
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0; got {value}")
+
+    # ----------------------------------------------------------- transformers
+
+    @staticmethod
+    def _check_transformers(transformers):
+        if transformers is None:
+            return ()
+        if not isinstance(transformers, (list, tuple)):
+            raise TypeError(
+                "gradient_transformers must be a list or tuple of callables taking and "
+                f"returning a list of (gradient, variable) pairs; got {type(transformers).__name__}"
+            )
+        for i, fn in enumerate(transformers):
+            if not callable(fn):
+                raise TypeError(
+                    f"gradient_transformers[{i}] must be a callable taking and returning "
+                    f"a list of (gradient, variable) pairs; got {type(fn).__name__} {fn!r}"
+                )
+        return tuple(transformers)
+
+    def _apply_transformers(self, transformers, grads, variables):
+        """Runs `transformers` on (grad, var) pairs; returns the new grads.
+
+        Each result is checked before the next transformer runs (and so before
+        any variable is written): same number of pairs, the same variables in
+        the same order, gradients of the variables' shapes and dtypes.
+        """
+        pairs = list(zip(grads, variables))
+        for fn in transformers:
+            name = _transformer_name(fn)
+            result = fn(list(pairs))
+            if not isinstance(result, (list, tuple)):
+                raise TypeError(
+                    f"gradient transformer {name} must return a list of (gradient, variable) "
+                    f"pairs; it returned {type(result).__name__}"
+                )
+            result = list(result)
+            if len(result) != len(pairs):
+                raise ValueError(
+                    f"gradient transformer {name} returned {len(result)} pairs for "
+                    f"{len(pairs)} variables; it must return one (gradient, variable) pair "
+                    "per variable, in order (did it drop or add pairs?)"
+                )
+            for i, (item, (old_grad, var)) in enumerate(zip(result, pairs)):
+                if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                    raise TypeError(
+                        f"gradient transformer {name} returned {item!r} at position {i}; "
+                        "expected a (gradient, variable) pair"
+                    )
+                grad, new_var = item
+                if new_var is not var:
+                    raise ValueError(
+                        f"gradient transformer {name} returned variable "
+                        f"{getattr(new_var, 'path', new_var)!r} at position {i} where "
+                        f"{var.path!r} was; it must keep the variables and their order"
+                    )
+                self._check_transformed_gradient(name, grad, old_grad, var)
+            pairs = [(g, v) for g, v in result]
+        return [g for g, _ in pairs]
+
+    @staticmethod
+    def _check_transformed_gradient(name, grad, old_grad, var):
+        if grad is None:
+            raise ValueError(f"gradient transformer {name} returned None for variable {var.path!r}")
+        if isinstance(grad, tf.IndexedSlices):
+            shape = tf.TensorShape(tf.get_static_value(grad.dense_shape))
+        elif tf.is_tensor(grad) or hp.is_variable(grad):
+            shape = grad.shape
+        else:
+            raise TypeError(
+                f"gradient transformer {name} returned a {type(grad).__name__} for variable "
+                f"{var.path!r}; expected a tensor"
+            )
+        if shape.rank is not None and not shape.is_compatible_with(tuple(var.shape)):
+            raise ValueError(
+                f"gradient transformer {name} returned a gradient of shape {shape} for "
+                f"variable {var.path!r} of shape {tuple(var.shape)}"
+            )
+        dtype = tf.as_dtype(grad.dtype)
+        if dtype not in (tf.as_dtype(var.dtype), tf.as_dtype(old_grad.dtype)):
+            raise ValueError(
+                f"gradient transformer {name} returned a {dtype.name} gradient for variable "
+                f"{var.path!r} of dtype {tf.as_dtype(var.dtype).name}"
+            )
+
+    # ------------------------------------------------------------------ state
+
+    def __dir__(self):
+        # tf.train.Checkpoint duck-types legacy (OptimizerV2) optimizers by
+        # `"get_slot_names" in dir(obj)` and then saves their slots a second
+        # time as "slot variables", which fails for Keras 3 optimizers (their
+        # slots are ordinary tracked variables) and would change the checkpoint
+        # layout. Hiding the name from dir() keeps checkpoints identical to the
+        # stock optimizer's; the method itself works as usual.
+        return [name for name in super().__dir__() if name != "get_slot_names"]
+
+    def _slot_attributes(self) -> dict:
+        """Slot name -> attribute holding the stock list of slot variables."""
+        return {}
+
+    def get_slot_names(self) -> list:
+        """Names of the per-variable state slots (e.g. Adam: momentum, velocity)."""
+        return list(self._slot_attributes())
+
+    def get_slot(self, var, slot_name: str):
+        """The slot variable `slot_name` of model variable `var`."""
+        names = self.get_slot_names()
+        if slot_name not in names:
+            raise KeyError(
+                f"{type(self).__name__} has no slot {slot_name!r}; its slots are "
+                f"{', '.join(map(repr, names)) or 'none'}"
+            )
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} is not built yet: no slots exist")
+        key = self._var_key(var)
+        if key not in self._trainable_variables_indices:
+            raise KeyError(f"{getattr(var, 'path', var)!r} is not a variable of this optimizer")
+        slots = getattr(self, self._slot_attributes()[slot_name])
+        slot = slots[self._get_variable_index(var)]
+        if slot is None:
+            raise KeyError(f"variable {getattr(var, 'path', var)!r} has no {slot_name!r} slot")
+        return slot
+
+    # ----------------------------------------------------------------- config
+
+    def get_config(self):
+        config = super().get_config()
+        lr = self._learning_rate_argument
+        if isinstance(lr, hp.VariableRef):
+            config["learning_rate"] = float(lr.variable.numpy())
+        elif callable(lr) and not isinstance(lr, hp.Schedule):
+            config["learning_rate"] = hp.serialize("learning_rate", lr)
+        raw = self.__dict__.get("_hyper_raw", {})
+        for name in self._hyperparameter_ranges():
+            if name != "learning_rate" and name in config:
+                config[name] = hp.serialize(name, raw.get(name))
+        if self.gradient_transformers:
+            config["gradient_transformers"] = [
+                _serialize_transformer(i, fn) for i, fn in enumerate(self.gradient_transformers)
+            ]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for name in cls._hyperparameter_ranges():
+            if name != "learning_rate" and isinstance(config.get(name), dict):
+                config[name] = keras.saving.deserialize_keras_object(
+                    config[name], custom_objects=custom_objects)
+        if "gradient_transformers" in config:
+            config["gradient_transformers"] = [
+                keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
+                for t in config["gradient_transformers"]
+            ]
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+def _serialize_transformer(index, fn):
+    registered = keras.saving.get_registered_object(keras.saving.get_registered_name(fn))
+    if registered is None and not hasattr(type(fn), "get_config"):
+        raise TypeError(
+            f"Cannot serialize gradient_transformers[{index}] = {_transformer_name(fn)}: a "
+            "custom transformer must be registered with "
+            "@keras.saving.register_keras_serializable() (functions) or be a registered "
+            "class with get_config() to be saved in a config or a .keras file"
+        )
+    return keras.saving.serialize_keras_object(fn)
