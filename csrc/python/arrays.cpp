@@ -69,11 +69,16 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
 }
 
 void check_same_layout(const std::vector<HostArray>& params,
-                       const std::vector<const std::vector<HostArray>*>& others) {
-  for (const auto* list : others) {
+                       const std::vector<const std::vector<HostArray>*>& others,
+                       const std::vector<std::string>& other_names) {
+  for (size_t l = 0; l < others.size(); ++l) {
+    const auto* list = others[l];
     if (list->size() != params.size()) {
-      const std::string arg = list->empty() ? "a list" : list->front().name.substr(
-                                                             0, list->front().name.find('['));
+      // An empty list has no array to take its name from.
+      const std::string arg =
+          l < other_names.size() ? other_names[l]
+          : list->empty()        ? "a list"
+                                 : list->front().name.substr(0, list->front().name.find('['));
       throw py::value_error(arg + " has " + std::to_string(list->size()) +
                             " arrays but params has " + std::to_string(params.size()) +
                             "; every list needs one array per parameter");
@@ -139,7 +144,15 @@ double check_scalar(const py::handle& value, const std::string& arg) {
         py::hasattr(value, "__float__"))) {
     throw py::type_error(arg + " must be a real number, got " + type_name(value));
   }
-  const double x = value.cast<double>();
+  double x;
+  try {
+    x = value.cast<double>();
+  } catch (const py::cast_error&) {
+    // e.g. a NumPy array of several elements: it has __float__ but no value.
+    throw py::type_error(arg + " must be a real number, got " + type_name(value));
+  } catch (py::error_already_set&) {
+    throw py::type_error(arg + " must be a real number, got " + type_name(value));
+  }
   if (!std::isfinite(x)) {
     throw py::value_error(arg + " must be finite, got " + std::string(py::repr(value)));
   }
@@ -167,7 +180,13 @@ int64_t check_step(const py::handle& value, const std::string& arg) {
     throw py::type_error(arg + " must be an integer (the 1-based step count), got " +
                          type_name(value));
   }
-  const int64_t step = value.cast<int64_t>();
+  int64_t step;
+  try {
+    step = value.cast<int64_t>();
+  } catch (const py::cast_error&) {
+    throw py::value_error(arg + " must be an integer in [1, 2**63), got " +
+                          std::string(py::repr(value)));
+  }
   if (step < 1) {
     throw py::value_error(arg + " must be >= 1 (steps are counted from 1), got " +
                           std::to_string(step));

@@ -36,8 +36,10 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
 
 // Same number of arrays in every list, same shape as params[i], one dtype for
 // all; TypeError/ValueError otherwise.
+// other_names[i] names others[i] in messages (needed when that list is empty).
 void check_same_layout(const std::vector<HostArray>& params,
-                       const std::vector<const std::vector<HostArray>*>& others);
+                       const std::vector<const std::vector<HostArray>*>& others,
+                       const std::vector<std::string>& other_names = {});
 
 // No written array may overlap any other array of the call.
 void check_no_overlap(const std::vector<const std::vector<HostArray>*>& written,

@@ -49,7 +49,7 @@ void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   const auto g_ = host_arrays(grads, "grads", false);
   const auto m_ = host_arrays(m, "m", true);
   const auto v_ = host_arrays(v, "v", true);
-  check_same_layout(p_, {&g_, &m_, &v_});
+  check_same_layout(p_, {&g_, &m_, &v_}, {"grads", "m", "v"});
   check_no_overlap({&p_, &m_, &v_}, {&g_});
   const double lr_ = check_scalar(lr, "lr");
   check_range(lr_, "lr", 0.0, false, kInf, true);

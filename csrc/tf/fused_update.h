@@ -83,6 +83,16 @@ class FusedUpdate {
                              name, " must be a scalar (0-d tensor), got shape ",
                              t->shape().DebugString()));
     }
+    // A handle whose variable does not exist (a VarHandleOp never assigned, or
+    // a variable deleted since) would otherwise fail in the locking helper
+    // below with an Internal error that names no input.
+    for (int i : ids) {
+      tf::core::RefCountPtr<tf::Var> var;
+      const absl::Status s = tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, i), &var);
+      FUSEDOPT_REQUIRE(s.ok(), tf::errors::InvalidArgument(
+                                   Label(i), " is not initialized or was deleted (",
+                                   s.message(), ")"));
+    }
     lock_.emplace(tf::MaybeLockVariableInputMutexesInOrder<LockDevice, T>(
         ctx_, /*do_lock=*/true, /*sparse=*/false, ids));
     TF_RETURN_IF_ERROR(ctx_->status());
