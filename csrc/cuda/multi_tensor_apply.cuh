@@ -46,6 +46,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -238,6 +240,18 @@ bool aligned(const T* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
+// Tensors and blocks per launch: the table's capacity, or less when
+// FUSEDOPT_CUDA_LAUNCH_LIMITS="tensors,blocks" says so (for tests: many
+// launches, and tensors continuing across them, from a few small tensors).
+inline void launch_limits(int& max_tensors, int& max_blocks) {
+  const char* env = std::getenv("FUSEDOPT_CUDA_LAUNCH_LIMITS");
+  int tensors = 0;
+  int blocks = 0;
+  if (env == nullptr || std::sscanf(env, "%d,%d", &tensors, &blocks) != 2) return;
+  if (tensors >= 1 && tensors < max_tensors) max_tensors = tensors;
+  if (blocks >= 1 && blocks < max_blocks) max_blocks = blocks;
+}
+
 template <typename Op, typename... Ks, typename... Hs>
 cudaError_t apply(const Op& op, const std::vector<int64_t>& sizes, cudaStream_t stream,
                   TypeList<Ks...>, const std::vector<Hs*>&... lists) {
@@ -252,6 +266,9 @@ cudaError_t apply(const Op& op, const std::vector<int64_t>& sizes, cudaStream_t 
                 "kernel parameters exceed 32,764 bytes");
   constexpr int W = vector_width<Ks...>();
 
+  int max_tensors = Table::kMaxTensors;
+  int max_blocks = Table::kMaxBlocks;
+  launch_limits(max_tensors, max_blocks);
   // 31 KB: on the heap, not the caller's stack.
   auto table = std::make_unique<Table>();
   int tensors = 0;
@@ -278,13 +295,13 @@ cudaError_t apply(const Op& op, const std::vector<int64_t>& sizes, cudaStream_t 
       table->size[tensors] = size - offset;
       table->first_block[tensors] = blocks;
       table->vector_ok[tensors] = vector_ok ? 1 : 0;
-      const int64_t room = Table::kMaxBlocks - blocks;
+      const int64_t room = max_blocks - blocks;
       const int take = static_cast<int>(chunks - chunk < room ? chunks - chunk : room);
       for (int b = 0; b < take; ++b) table->block_tensor[blocks + b] = static_cast<uint16_t>(tensors);
       blocks += take;
       chunk += take;
       ++tensors;
-      if (blocks == Table::kMaxBlocks || tensors == Table::kMaxTensors) {
+      if (blocks == max_blocks || tensors == max_tensors) {
         const cudaError_t err = launch();
         if (err != cudaSuccess) return err;
       }

@@ -1,9 +1,18 @@
-"""The fused kernels on NumPy arrays, updated in place.
+"""The fused kernels on NumPy arrays (and CUDA arrays), updated in place.
 
 These call the same C++ kernels as the TensorFlow ops (`fusedopt._C`). Every
 argument is validated before anything is written: a bad call raises
 ``TypeError`` or ``ValueError`` naming the argument and leaves every array as
 it was.
+
+Where fusedopt was built with CUDA (``fusedopt.build_info()["cuda"]``), the
+same functions take CUDA arrays instead: objects with
+``__cuda_array_interface__`` (CuPy, PyTorch, Numba) or ``__dlpack__`` on a
+CUDA device (PyTorch, JAX; JAX arrays are immutable, so pass them as
+gradients only). The update is enqueued on ``stream`` (default: CUDA's legacy
+default stream) and the call returns without waiting for it; arrays must stay
+alive until it has run. Arrays of one call are all NumPy or all on one CUDA
+device.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ def adam(
     epsilon: float = 1e-7,
     step: int,
     weight_decay: float = 0.0,
+    stream=None,
 ) -> None:
     """Multi-tensor Adam/AdamW step with Keras semantics, in place.
 
@@ -53,9 +63,19 @@ def adam(
       epsilon: >= 0.
       step: the 1-based step number (bias correction).
       weight_decay: decoupled weight decay coefficient, >= 0 (0 = Adam).
+      stream: CUDA arrays only: the stream to run on, as a
+        ``torch.cuda.Stream``, ``cupy.cuda.Stream``, an object with
+        ``__cuda_stream__``, or a ``cudaStream_t`` handle as int; None is the
+        legacy default stream. Producers' streams are waited for (DLPack's
+        ``stream`` argument, ``__cuda_array_interface__``'s ``stream``).
+
+    With CUDA arrays, every hyperparameter may also be a one-element CUDA array
+    (float32 or float64; ``step`` also int32 or int64), read by the kernel when
+    it runs: no host synchronization, so the step can be captured in a CUDA
+    graph. Device values are not range-checked.
     """
     _C.adam(
         params, grads, m, v,
         lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step,
-        weight_decay=weight_decay,
+        weight_decay=weight_decay, stream=stream,
     )

@@ -1,0 +1,637 @@
+"""fusedopt.kernels on CUDA arrays: the CUDA kernels against a float64 NumPy
+reference and against the CPU kernels (bit for bit), across sizes, layouts,
+array exports, launches, streams and device hyperparameters; and bad calls
+that must leave every array as it was.
+
+Runs where fusedopt was built with CUDA, a CUDA device is visible and PyTorch
+or CuPy is installed; skips otherwise (the whole module). On the GPU machine:
+
+    python -m pytest tests/test_cuda_kernels.py tests/test_cuda_bindings.py -q
+
+FUSEDOPT_CUDA_TEST_BACKEND=torch|cupy picks the array library;
+FUSEDOPT_CUDA_TEST_BACKEND=numpy runs the same tests on NumPy arrays (the CPU
+kernels), a self-test of this file for machines without a GPU.
+
+Every tensor lies in one flat buffer per list, between guard elements holding
+a sentinel: after a step the guards must be intact (no write outside a
+tensor) and grads untouched. Initial state is random (never zeros), so an
+element the kernel skipped fails the reference check.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from cuda_helpers import import_fusedopt
+
+fusedopt, kernels = import_fusedopt()
+
+# ----------------------------------------------------------------------------
+# Array libraries
+
+
+class DLPackOnly:
+    """Exports `x` through DLPack only (no __cuda_array_interface__)."""
+
+    def __init__(self, x):
+        self._x = x
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._x.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._x.__dlpack_device__()
+
+
+class CAIOnly:
+    """Exports `x` through __cuda_array_interface__ only, optionally read-only."""
+
+    def __init__(self, x, readonly=None):
+        self._x, self._readonly = x, readonly
+
+    @property
+    def __cuda_array_interface__(self):
+        d = dict(self._x.__cuda_array_interface__)
+        if self._readonly is not None:
+            d["data"] = (d["data"][0], self._readonly)
+        return d
+
+
+class TorchBackend:
+    name = "torch"
+    on_device = True
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.dev = torch.device("cuda", 0)
+        self._dt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                    np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
+
+    def from_numpy(self, a, device=None):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(device or self.dev)
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
+
+    def view(self, flat, offset, shape):
+        return flat[offset:offset + int(np.prod(shape, dtype=np.int64))].view(shape)
+
+    def strided(self, flat, n):
+        return flat[: 2 * n : 2]
+
+    def full(self, n, value, dtype):
+        return self.torch.full((n,), value, dtype=self._dt[np.dtype(dtype)], device=self.dev)
+
+    def all_equal(self, x, value):
+        return bool((x == value).all().item())
+
+    def scalar(self, value, dtype, n=1):
+        return self.torch.full((n,), value, dtype=self._dt[np.dtype(dtype)], device=self.dev)
+
+    def fill(self, x, value):
+        x.fill_(value)
+
+    def synchronize(self):
+        self.torch.cuda.synchronize()
+
+    def new_stream(self):
+        return self.torch.cuda.Stream()
+
+    def stream_handle(self, s):
+        return s.cuda_stream
+
+    def free_bytes(self):
+        return self.torch.cuda.mem_get_info()[0]
+
+    def device_count(self):
+        return self.torch.cuda.device_count()
+
+
+class CupyBackend:
+    name = "cupy"
+    on_device = True
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+
+    def from_numpy(self, a, device=None):
+        with self.cp.cuda.Device(device or 0):
+            return self.cp.asarray(np.ascontiguousarray(a))
+
+    def to_numpy(self, x):
+        return self.cp.asnumpy(x)
+
+    def view(self, flat, offset, shape):
+        return flat[offset:offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+    def strided(self, flat, n):
+        return flat[: 2 * n : 2]
+
+    def full(self, n, value, dtype):
+        return self.cp.full((n,), value, dtype=dtype)
+
+    def all_equal(self, x, value):
+        return bool((x == value).all())
+
+    def scalar(self, value, dtype, n=1):
+        return self.cp.full((n,), value, dtype=dtype)
+
+    def fill(self, x, value):
+        x.fill(value)
+
+    def synchronize(self):
+        self.cp.cuda.runtime.deviceSynchronize()
+
+    def new_stream(self):
+        return self.cp.cuda.Stream(non_blocking=True)
+
+    def stream_handle(self, s):
+        return s.ptr
+
+    def free_bytes(self):
+        return self.cp.cuda.runtime.memGetInfo()[0]
+
+    def device_count(self):
+        return self.cp.cuda.runtime.getDeviceCount()
+
+
+class NumpyBackend:
+    """The CPU kernels on NumPy arrays: a self-test of this file."""
+
+    name = "numpy"
+    on_device = False
+
+    def from_numpy(self, a, device=None):
+        return np.array(a, copy=True)
+
+    def to_numpy(self, x):
+        return np.array(x, copy=True)
+
+    def view(self, flat, offset, shape):
+        return flat[offset:offset + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+    def strided(self, flat, n):
+        return flat[: 2 * n : 2]
+
+    def full(self, n, value, dtype):
+        return np.full((n,), value, dtype=dtype)
+
+    def all_equal(self, x, value):
+        return bool((x == value).all())
+
+    def synchronize(self):
+        pass
+
+    def free_bytes(self):
+        return 0
+
+    def device_count(self):
+        return 0
+
+
+def _backend():
+    if not fusedopt.build_info()["cuda"]:
+        if os.environ.get("FUSEDOPT_CUDA_TEST_BACKEND") == "numpy":
+            return NumpyBackend(), None
+        return None, "fusedopt was built without CUDA (build_info()['cuda'] is False)"
+    wanted = os.environ.get("FUSEDOPT_CUDA_TEST_BACKEND")
+    if wanted == "numpy":
+        return NumpyBackend(), None
+    errors = []
+    for name, cls in (("torch", TorchBackend), ("cupy", CupyBackend)):
+        if wanted and wanted != name:
+            continue
+        try:
+            be = cls()
+            if be.device_count() > 0:
+                return be, None
+            errors.append(f"{name}: no CUDA device")
+        except Exception as e:  # ImportError, or a library without a working CUDA
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+    return None, "no CUDA device with PyTorch or CuPy (" + "; ".join(errors) + ")"
+
+
+BE, _REASON = _backend()
+if BE is None:
+    pytest.skip(_REASON, allow_module_level=True)
+
+device_only = pytest.mark.skipif(not BE.on_device, reason="needs CUDA arrays")
+torch_only = pytest.mark.skipif(BE.name != "torch", reason="needs PyTorch")
+
+# ----------------------------------------------------------------------------
+# Reference and layout
+
+TOLERANCES = {
+    np.float32: dict(rtol=1e-6, atol=1e-7),
+    np.float64: dict(rtol=1e-12, atol=1e-15),
+}
+KERAS_DEFAULTS = dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+LARGE_STEPS = dict(lr=0.1, beta_1=0.5, beta_2=0.6, epsilon=1e-3)
+NO_MOMENTUM = dict(lr=0.01, beta_1=0.0, beta_2=0.9, epsilon=0.0)
+
+CHUNK = 65536  # kChunkElements in csrc/cuda/multi_tensor_apply.cuh
+ODD_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 255, 1023, 1025, 4096, CHUNK - 1, CHUNK,
+             CHUNK + 1, 2 * CHUNK + 3, 1_000_003]
+GUARD = 8
+SENTINEL = -7777.0
+LISTS = ("params", "grads", "m", "v")
+
+
+def reference_adam(p, g, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0):
+    """One Adam/AdamW step in float64 (kernels.adam's docstring)."""
+    p, g, m, v = (np.asarray(x, dtype=np.float64) for x in (p, g, m, v))
+    alpha = lr * np.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
+    if weight_decay != 0.0:
+        p = p - p * weight_decay * lr
+    m = m + (g - m) * (1.0 - beta_1)
+    v = v + (g * g - v) * (1.0 - beta_2)
+    p = p - alpha * m / (np.sqrt(v) + epsilon)
+    return p, m, v
+
+
+class Lists:
+    """params, grads, m, v of `shapes`, each list in one flat buffer with
+    guard elements around every tensor.
+
+    layout: "aligned" (every tensor starts 16-byte aligned: the vector path),
+    "unaligned" (one element off: the scalar path) or "mixed" (odd tensors
+    unaligned). export: "native" (the library's own arrays), "dlpack" or
+    "cai" (wrappers that offer only that protocol).
+    """
+
+    def __init__(self, shapes, dtype=np.float32, *, layout="aligned", export="native", seed=0):
+        self.shapes, self.dtype = [tuple(s) for s in shapes], np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        align = 16 // self.dtype.itemsize
+        self.offsets, pos = [], GUARD
+        for i, shape in enumerate(self.shapes):
+            pos = -(-pos // align) * align
+            if layout == "unaligned" or (layout == "mixed" and i % 2 == 1):
+                pos += 1
+            self.offsets.append(pos)
+            pos += int(np.prod(shape, dtype=np.int64)) + GUARD
+        total = pos + GUARD
+        n = sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+        # Random state, never zeros: p ~ N(0, 1), g ~ N(0, 1), m ~ N(0, 0.1), v ~ |N(0, 0.01)|.
+        self.initial = {
+            "params": rng.standard_normal(n),
+            "grads": rng.standard_normal(n),
+            "m": 0.1 * rng.standard_normal(n),
+            "v": 0.01 * np.abs(rng.standard_normal(n)) + 1e-6,
+        }
+        self.initial = {k: x.astype(self.dtype) for k, x in self.initial.items()}
+        self.host_flat, self.flat, self.arrays = {}, {}, {}
+        for name in LISTS:
+            flat = np.full(total, SENTINEL, dtype=self.dtype)
+            for x, off in zip(self._split(self.initial[name]), self.offsets):
+                flat[off:off + x.size] = x
+            self.host_flat[name] = flat
+            self.flat[name] = BE.from_numpy(flat)
+            views = [BE.view(self.flat[name], off, shape)
+                     for off, shape in zip(self.offsets, self.shapes)]
+            if export == "dlpack":
+                views = [DLPackOnly(x) for x in views]
+            elif export == "cai":
+                views = [CAIOnly(x) for x in views]
+            self.arrays[name] = views
+
+    def _split(self, x):
+        out, pos = [], 0
+        for s in self.shapes:
+            k = int(np.prod(s, dtype=np.int64))
+            out.append(x[pos:pos + k])
+            pos += k
+        return out
+
+    def args(self):
+        return [self.arrays[name] for name in LISTS]
+
+    def snapshot(self):
+        BE.synchronize()
+        return {name: BE.to_numpy(self.flat[name]) for name in LISTS}
+
+    def results(self):
+        """The tensors after the step, concatenated per list; checks the guards."""
+        flats = self.snapshot()
+        inside = np.zeros(flats["params"].size, dtype=bool)
+        for off, s in zip(self.offsets, self.shapes):
+            inside[off:off + int(np.prod(s, dtype=np.int64))] = True
+        for name in LISTS:
+            guards = flats[name][~inside]
+            assert (guards == SENTINEL).all(), f"{name}: a write outside its tensors"
+        np.testing.assert_array_equal(flats["grads"], self.host_flat["grads"],
+                                      err_msg="grads were written")
+        return {name: (np.concatenate([flats[name][off:off + int(np.prod(s, dtype=np.int64))]
+                                       for off, s in zip(self.offsets, self.shapes)])
+                       if self.shapes else np.zeros(0, self.dtype))
+                for name in LISTS}
+
+
+def cpu_adam(initial, **hyper):
+    """The CPU kernel on one tensor holding every element (it is element-wise)."""
+    p, g, m, v = (np.array(initial[name], copy=True) for name in LISTS)
+    kernels.adam([p], [g], [m], [v], **hyper)
+    return {"params": p, "m": m, "v": v}
+
+
+def check(lists, hyper, *, exact_cpu=True):
+    """The step's results against the float64 reference and the CPU kernel."""
+    got = lists.results()
+    init = lists.initial
+    ref = reference_adam(init["params"], init["grads"], init["m"], init["v"], **hyper)
+    tol = TOLERANCES[lists.dtype.type]
+    for name, r in zip(("params", "m", "v"), ref):
+        np.testing.assert_allclose(got[name], r, err_msg=name, **tol)
+    if exact_cpu:
+        cpu = cpu_adam(init, **hyper)
+        for name in ("params", "m", "v"):
+            np.testing.assert_array_equal(got[name], cpu[name],
+                                          err_msg=f"{name}: GPU and CPU kernels differ")
+    return got
+
+
+# ----------------------------------------------------------------------------
+# Correctness
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["aligned", "unaligned", "mixed"])
+@pytest.mark.parametrize("export", ["native", "dlpack", "cai"])
+def test_odd_sizes_layouts_and_exports(dtype, layout, export):
+    if export != "native" and not BE.on_device:
+        pytest.skip("CUDA array exports")
+    lists = Lists([(n,) for n in ODD_SIZES], dtype, layout=layout, export=export, seed=1)
+    hyper = dict(KERAS_DEFAULTS, step=3)
+    kernels.adam(*lists.args(), **hyper)
+    check(lists, hyper)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hyper", [KERAS_DEFAULTS, LARGE_STEPS, NO_MOMENTUM])
+@pytest.mark.parametrize("step", [1, 10, 1000])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.004])
+def test_hyperparameters(dtype, hyper, step, weight_decay):
+    lists = Lists([(3,), (CHUNK + 7,), (1000,)], dtype, layout="mixed", seed=step)
+    h = dict(hyper, step=step, weight_decay=weight_decay)
+    kernels.adam(*lists.args(), **h)
+    check(lists, h)
+
+
+def test_shapes_and_empty_tensors():
+    shapes = [(), (0,), (1,), (2, 3), (3, 0), (4, 5, 6), (7, CHUNK + 1), (1, 1, 1)]
+    lists = Lists(shapes, np.float32, seed=2)
+    hyper = dict(KERAS_DEFAULTS, step=5)
+    kernels.adam(*lists.args(), **hyper)
+    check(lists, hyper)
+
+
+def test_empty_lists():
+    kernels.adam([], [], [], [], lr=1e-3, step=1)
+
+
+def test_thousands_of_tensors():
+    rng = np.random.default_rng(3)
+    sizes = list(rng.integers(1, 3000, size=3000)) + [CHUNK + 5, 3 * CHUNK, 1]
+    rng.shuffle(sizes)
+    lists = Lists([(int(n),) for n in sizes], np.float32, layout="mixed", seed=3)
+    hyper = dict(KERAS_DEFAULTS, step=2, weight_decay=0.01)
+    kernels.adam(*lists.args(), **hyper)
+    check(lists, hyper)
+
+
+def test_tensor_of_many_chunks():
+    lists = Lists([(9 * CHUNK + 3,), (5,), (70 * CHUNK - 1,)], np.float32, layout="mixed",
+                  seed=4)
+    hyper = dict(LARGE_STEPS, step=4)
+    kernels.adam(*lists.args(), **hyper)
+    check(lists, hyper)
+
+
+@pytest.mark.parametrize("limits", ["1,1", "3,5", "2,1000", "1000,3"])
+def test_tensors_continuing_across_launches(monkeypatch, limits):
+    """Few tensors per launch (FUSEDOPT_CUDA_LAUNCH_LIMITS="tensors,blocks"):
+    many launches, tensors cut between them."""
+    monkeypatch.setenv("FUSEDOPT_CUDA_LAUNCH_LIMITS", limits)
+    sizes = [1, 3 * CHUNK + 1, 5, 7 * CHUNK, 2, CHUNK + 1, CHUNK]
+    lists = Lists([(n,) for n in sizes], np.float32, layout="mixed", seed=5)
+    hyper = dict(KERAS_DEFAULTS, step=9)
+    kernels.adam(*lists.args(), **hyper)
+    check(lists, hyper)
+
+
+@device_only
+def test_more_than_2_31_elements():
+    """64-bit indexing: one float32 tensor of 2^31 + 2 chunks + 3 elements
+    (about 34 GB for params, grads, m, v), then a small one after it in the
+    same call. Constant inputs make every element's result the same, known
+    value (from the CPU kernel): a skipped, repeated or misplaced chunk shows."""
+    n = 2**31 + 2 * CHUNK + 3
+    need = 4 * n * 4 + (4 << 30)
+    if BE.free_bytes() < need:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
+    hyper = dict(KERAS_DEFAULTS, step=3, weight_decay=0.01)
+    init = dict(params=0.75, grads=0.5, m=0.125, v=0.25)
+    expected = cpu_adam({k: np.full(1, x, np.float32) for k, x in init.items()}, **hyper)
+    big = {k: BE.full(n, x, np.float32) for k, x in init.items()}
+    small = {k: BE.full(5, x, np.float32) for k, x in init.items()}
+    kernels.adam(*[[big[k], small[k]] for k in LISTS], **hyper)
+    BE.synchronize()
+    for k in ("params", "m", "v"):
+        assert BE.all_equal(big[k], float(expected[k][0])), k
+        assert BE.all_equal(small[k], float(expected[k][0])), k
+    assert BE.all_equal(big["grads"], 0.5)
+    del big, small
+
+
+def test_determinism():
+    """Two runs from the same state give the same bits."""
+    sizes = [CHUNK * 3 + 11, 4097, 1, 1_000_003]
+    hyper = dict(LARGE_STEPS, step=2, weight_decay=0.001)
+    a = Lists([(n,) for n in sizes], np.float32, layout="mixed", seed=6)
+    b = Lists([(n,) for n in sizes], np.float32, layout="mixed", seed=6)
+    kernels.adam(*a.args(), **hyper)
+    kernels.adam(*b.args(), **hyper)
+    ra, rb = a.results(), b.results()
+    for name in LISTS:
+        np.testing.assert_array_equal(ra[name], rb[name])
+
+
+def test_several_steps_match_the_cpu_kernel():
+    lists = Lists([(CHUNK + 3,), (17,)], np.float32, seed=7)
+    state = {k: np.array(x, copy=True) for k, x in lists.initial.items()}
+    for step in range(1, 6):
+        hyper = dict(KERAS_DEFAULTS, step=step, weight_decay=0.002)
+        kernels.adam(*lists.args(), **hyper)
+        kernels.adam([state["params"]], [state["grads"]], [state["m"]], [state["v"]], **hyper)
+    got = lists.results()
+    for name in ("params", "m", "v"):
+        np.testing.assert_array_equal(got[name], state[name])
+
+
+# ----------------------------------------------------------------------------
+# Device hyperparameters, streams, graphs
+
+# Values exact in float32, so float32 and float64 device copies hold the
+# same numbers as the host floats.
+DYADIC = dict(lr=2.0**-9, beta_1=0.875, beta_2=1 - 2.0**-7, epsilon=2.0**-20,
+              weight_decay=2.0**-6)
+
+
+def _max_ulp(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return int(np.max(np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))))
+
+
+@device_only
+@pytest.mark.parametrize("scalar_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step_dtype", [np.int32, np.int64, np.float32, np.float64])
+def test_device_hyperparameters(scalar_dtype, step_dtype):
+    """All six on the device: make_adam_scalars runs in the kernel (its double
+    pow may differ from the host's by an ulp: params within 2 ulp)."""
+    step = 7
+    host = Lists([(CHUNK + 9,), (33,)], np.float32, seed=8)
+    dev = Lists([(CHUNK + 9,), (33,)], np.float32, seed=8)
+    kernels.adam(*host.args(), **DYADIC, step=step)
+    device = {k: BE.scalar(x, scalar_dtype) for k, x in DYADIC.items()}
+    kernels.adam(*dev.args(), **device, step=BE.scalar(step, step_dtype))
+    h, d = host.results(), dev.results()
+    np.testing.assert_array_equal(d["m"], h["m"])
+    np.testing.assert_array_equal(d["v"], h["v"])
+    assert _max_ulp(d["params"], h["params"]) <= 2
+
+
+@device_only
+def test_device_epsilon_and_weight_decay_only():
+    """The precomputed path with device epsilon and weight_decay: exact."""
+    lists = Lists([(1000,), (CHUNK * 2,)], np.float32, seed=9)
+    hyper = dict(DYADIC, step=3)
+    kernels.adam(*lists.args(), lr=hyper["lr"], beta_1=hyper["beta_1"], beta_2=hyper["beta_2"],
+                 epsilon=BE.scalar(hyper["epsilon"], np.float32),
+                 weight_decay=BE.scalar(hyper["weight_decay"], np.float64), step=3)
+    check(lists, hyper)
+
+
+@device_only
+def test_device_weight_decay_zero_is_adam():
+    lists = Lists([(4099,)], np.float32, seed=10)
+    hyper = dict(KERAS_DEFAULTS, step=2)
+    kernels.adam(*lists.args(), **hyper, weight_decay=BE.scalar(0.0, np.float32))
+    check(lists, hyper)
+
+
+@device_only
+@pytest.mark.parametrize("form", ["object", "int"])
+def test_stream_argument(form):
+    s = BE.new_stream()
+    lists = Lists([(CHUNK + 1,), (3,)], np.float32, seed=11)
+    hyper = dict(KERAS_DEFAULTS, step=1)
+    BE.synchronize()  # the arrays' upload is done before the other stream runs
+    kernels.adam(*lists.args(), **hyper, stream=s if form == "object" else BE.stream_handle(s))
+    s.synchronize()
+    check(lists, hyper)
+
+
+@torch_only
+@pytest.mark.parametrize("export", ["native", "dlpack"])
+def test_cuda_graph_capture_with_device_hyperparameters(export):
+    """A captured step replays with the learning rate and step held on the
+    device: no host synchronization inside the call."""
+    torch = BE.torch
+    lists = Lists([(CHUNK + 5,), (100,)], np.float32, export=export, seed=12)
+    lr = BE.scalar(0.0, np.float32)
+    step = BE.scalar(0, np.int64)
+    BE.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernels.adam(*lists.args(), lr=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=step,
+                     stream=torch.cuda.current_stream())
+    state = {k: np.array(x, copy=True) for k, x in lists.initial.items()}
+    for t, rate in [(1, 1e-3), (2, 5e-4), (3, 2.5e-4)]:
+        lr.fill_(rate)
+        step.fill_(t)
+        graph.replay()
+        kernels.adam([state["params"]], [state["grads"]], [state["m"]], [state["v"]],
+                     lr=float(np.float32(rate)), step=t)
+    got = lists.results()
+    np.testing.assert_array_equal(got["m"], state["m"])
+    np.testing.assert_array_equal(got["v"], state["v"])
+    assert _max_ulp(got["params"], state["params"]) <= 2
+
+
+# ----------------------------------------------------------------------------
+# Bad calls: an exception, and every array as it was
+
+
+def _bad_calls(lists):
+    p, g, m, v = lists.args()
+    host = [np.zeros(s, lists.dtype) for s in lists.shapes]
+    other_dtype = [BE.from_numpy(np.zeros(s, np.float64)) for s in lists.shapes]
+    wrong_shape = [BE.from_numpy(np.zeros((s[0] + 1,), lists.dtype)) for s in lists.shapes]
+    hyper = dict(lr=1e-3, step=1)
+    overlap = BE.view(lists.flat["params"], lists.offsets[1] + 2, lists.shapes[0])
+    calls = [
+        ("same buffer twice", ValueError, r"share memory", lambda: kernels.adam(p, g, p, v, **hyper)),
+        ("grads[0] overlaps params[1]", ValueError, r"share memory",
+         lambda: kernels.adam(p, [overlap, g[1]], m, v, **hyper)),
+        ("one list short", ValueError, r"has 1 arrays but params has 2",
+         lambda: kernels.adam(p, g, m, v[:1], **hyper)),
+        ("wrong shape", ValueError, r"m\[0\] has shape",
+         lambda: kernels.adam(p, g, wrong_shape, v, **hyper)),
+        ("mixed dtypes", TypeError, r"v\[0\] has dtype float64",
+         lambda: kernels.adam(p, g, m, other_dtype, **hyper)),
+        ("negative lr", ValueError, r"lr must be in", lambda: kernels.adam(p, g, m, v, lr=-1e-3, step=1)),
+        ("beta_2 = 1", ValueError, r"beta_2 must be in",
+         lambda: kernels.adam(p, g, m, v, lr=1e-3, beta_2=1.0, step=1)),
+        ("step 0", ValueError, r"step must be >= 1", lambda: kernels.adam(p, g, m, v, lr=1e-3, step=0)),
+        ("not a list", TypeError, r"params must be a list",
+         lambda: kernels.adam(p[0], g, m, v, **hyper)),
+    ]
+    if BE.on_device:
+        strided = BE.strided(lists.flat["m"], 4)
+        calls += [
+            ("NumPy grads", ValueError, r"grads\[0\] is in host memory but params\[0\] is on cuda:0",
+             lambda: kernels.adam(p, host, m, v, **hyper)),
+            ("NumPy params", ValueError, r"grads\[0\] is on cuda:0 but params\[0\] is in host memory",
+             lambda: kernels.adam(host, g, m, v, **hyper)),
+            ("read-only params", ValueError, r"params\[1\] is read-only",
+             lambda: kernels.adam([p[0], CAIOnly(p[1], readonly=True)], g, m, v, **hyper)),
+            ("non-contiguous", ValueError, r"params\[0\] must be C-contiguous",
+             lambda: kernels.adam([strided], [g[0]], [m[0]], [v[0]], **hyper)),
+            ("lr of two elements", ValueError, r"one-element CUDA array",
+             lambda: kernels.adam(p, g, m, v, lr=BE.scalar(1e-3, np.float32, n=2), step=1)),
+            ("int lr", TypeError, r"lr on the device must have dtype",
+             lambda: kernels.adam(p, g, m, v, lr=BE.scalar(1, np.int32), step=1)),
+            ("bad stream", TypeError, r"stream must be",
+             lambda: kernels.adam(p, g, m, v, **hyper, stream="default")),
+        ]
+    return calls
+
+
+def test_bad_calls_write_nothing():
+    lists = Lists([(5,), (CHUNK + 3,)], np.float32, seed=13)
+    before = lists.snapshot()
+    for what, error, match, call in _bad_calls(lists):
+        with pytest.raises(error, match=match):
+            call()
+        after = lists.snapshot()
+        for name in LISTS:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=f"{what}: {name}")
+
+
+@device_only
+def test_arrays_on_two_devices():
+    if BE.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    lists = Lists([(10,)], np.float32, seed=14)
+    p, g, m, v = lists.args()
+    m1 = [BE.from_numpy(np.zeros(10, np.float32), device=1 if BE.name == "cupy" else "cuda:1")]
+    before = lists.snapshot()
+    with pytest.raises(ValueError, match=r"m\[0\] is on cuda:1 but params\[0\] is on cuda:0"):
+        kernels.adam(p, g, m1, v, lr=1e-3, step=1)
+    after = lists.snapshot()
+    for name in LISTS:
+        np.testing.assert_array_equal(after[name], before[name])
