@@ -13,6 +13,8 @@
 #include "cpu/parallel.h"
 #include "cpu/stream.h"
 #include "python/arrays.h"
+#include "python/cuda_arrays.h"
+#include "python/cuda_ops.h"
 
 namespace py = pybind11;
 using namespace fusedopt;
@@ -43,7 +45,14 @@ AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<Hos
 
 void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
           py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
-          py::handle weight_decay) {
+          py::handle weight_decay, py::handle stream) {
+  // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
+  if (is_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
+                   stream)) {
+    adam_cuda_call(params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay,
+                   stream);
+    return;
+  }
   // Validate everything first: nothing is written unless every check passes.
   const auto p_ = host_arrays(params, "params", true);
   const auto g_ = host_arrays(grads, "grads", false);
@@ -115,6 +124,7 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("adam", &adam, py::arg("params"), py::arg("grads"), py::arg("m"), py::arg("v"),
           py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
+          py::arg("stream") = py::none(),
           "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
   mod.def("stream_inplace", &stream_inplace, py::arg("data"), py::arg("scale"),
           py::arg("repeats") = 1,
