@@ -12,8 +12,8 @@ measured here, in the same run:
   write-allocate traffic, and one thread would not saturate memory.
 - CUDA: a large device-to-device copy, counting bytes read plus written.
 
-``Evictor`` streams through a buffer of twice the last-level cache between
-timed samples of cases whose tensors would otherwise stay in the cache.
+``Evictor`` streams through a buffer of 4x the last-level cache between timed
+samples of cases whose tensors would otherwise stay in the cache.
 """
 
 from __future__ import annotations
@@ -148,21 +148,21 @@ def merge_floors(*measurements: dict) -> dict:
 
 
 class Evictor:
-    """Streams through 2x the last-level cache so the next step starts cold."""
+    """Streams through 4x the last-level cache so the next step starts cold."""
 
     def __init__(self, cache_bytes: int):
         from fusedopt import _C
 
         self.cache_bytes = cache_bytes
         self._stream = _C.stream_inplace
-        self._buf = np.ones(max(2 * cache_bytes, 16 * _MIB) // 4, dtype=np.float32)
+        self._buf = np.ones(max(4 * cache_bytes, 16 * _MIB) // 4, dtype=np.float32)
 
     def __call__(self) -> None:
         self._stream(self._buf, 1.0, 1)
 
 
 class CudaEvictor:
-    """Overwrites 2x the GPU's L2 cache (PyTorch or CuPy) so the next step starts cold."""
+    """Overwrites 4x the GPU's L2 cache (PyTorch or CuPy) so the next step starts cold."""
 
     def __init__(self):
         from fusedopt.bench import kernel_cases
@@ -170,12 +170,12 @@ class CudaEvictor:
         name, xp = kernel_cases._cuda_array_module()
         if name == "torch":
             l2 = getattr(xp.cuda.get_device_properties(0), "L2_cache_size", 64 * _MIB)
-            self._buf = xp.empty(max(2 * l2, 16 * _MIB) // 4, device="cuda", dtype=xp.float32)
+            self._buf = xp.empty(max(4 * l2, 16 * _MIB) // 4, device="cuda", dtype=xp.float32)
             self._sync = xp.cuda.synchronize
             self._fill = self._buf.fill_
         else:
             l2 = xp.cuda.Device().attributes.get("L2CacheSize", 64 * _MIB)
-            self._buf = xp.empty(max(2 * l2, 16 * _MIB) // 4, dtype=xp.float32)
+            self._buf = xp.empty(max(4 * l2, 16 * _MIB) // 4, dtype=xp.float32)
             self._sync = xp.cuda.Device().synchronize
             self._fill = self._buf.fill
         self.cache_bytes = l2

@@ -11,14 +11,14 @@ two ways, chosen per case and recorded in the results:
 
 - ``rotate``: the implementation builds several copies of its tensors and the
   samples cycle through them, so that between two uses of one copy the others
-  have pushed it out of the cache (at least 2x the last-level cache in between).
+  have pushed it out of the cache (at least COLD_MULTIPLE = 4x the last-level cache in between).
   Used where copies are cheap (NumPy/PyTorch arrays).
-- ``evict``: an untimed pass over a buffer of 2x the last-level cache before
+- ``evict``: an untimed pass over a buffer of 4x the last-level cache before
   each sample. Used where copies are expensive (a TF step is traced once per
   copy, which takes seconds for hundreds of variables), or where the copies
-  an implementation can afford do not reach 2x the cache.
+  an implementation can afford do not reach 4x the cache.
 
-Cases larger than 2x the cache need neither (``none``). ``--warm-cache``
+Cases larger than 4x the cache need neither (``none``). ``--warm-cache``
 turns both off (``warm``): one copy, timed from whatever the cache holds.
 """
 
@@ -36,6 +36,10 @@ from fusedopt.bench.cases import Case, Skip
 # Copies of a case's tensors are capped at this many bytes in all.
 COPIES_MEMORY_CAP = 1 << 30
 MIN_SAMPLES = 3
+# Data touched between two uses of a copy, in last-level caches, for the copy
+# to count as evicted (2x would do for an LRU cache; 4x leaves a margin for
+# victim caches and caches larger than the OS reports).
+COLD_MULTIPLE = 4
 
 
 @dataclasses.dataclass
@@ -65,16 +69,16 @@ class Measurement:
 def copies_wanted(case: Case, cache_bytes: int) -> int:
     """Copies needed so that each one is evicted before it is used again."""
     footprint = max(case.footprint_bytes, 1)
-    if footprint >= 2 * cache_bytes:
+    if footprint >= COLD_MULTIPLE * cache_bytes:
         return 1
-    wanted = math.ceil(2 * cache_bytes / footprint) + 1
+    wanted = math.ceil(COLD_MULTIPLE * cache_bytes / footprint) + 1
     return max(1, min(wanted, case.impl.max_copies, COPIES_MEMORY_CAP // footprint))
 
 
 def is_cold(case: Case, copies: int, cache_bytes: int) -> bool:
     """Whether cycling through ``copies`` copies alone keeps the cache cold."""
     others = max(copies - 1, 1)
-    return others * case.footprint_bytes >= 2 * cache_bytes
+    return others * case.footprint_bytes >= COLD_MULTIPLE * cache_bytes
 
 
 def measure(case: Case, settings: Settings, evictor) -> Measurement:
@@ -98,7 +102,7 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
         evict = None if cold else evictor
         if evictor is None:
             result.cache = "warm"
-        elif case.footprint_bytes >= 2 * cache_bytes:
+        elif case.footprint_bytes >= COLD_MULTIPLE * cache_bytes:
             result.cache = "none"
         elif len(steps) > 1:
             result.cache = "rotate" if cold else "rotate+evict"
