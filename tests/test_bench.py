@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from fusedopt.bench import cases, cli, report, timing
+from fusedopt.bench import cases, cli, report, targets, timing
 from fusedopt.bench.cases import Implementation, Runner, Skip
 
 TOP_LEVEL_FIELDS = {"schema", "created", "command", "settings", "machine", "versions",
-                    "build_info", "floor", "notes", "cases", "wall_s"}
+                    "build_info", "floor", "notes", "cases", "targets", "wall_s"}
 MACHINE_FIELDS = {"cpu_model", "cpu_count", "memory_bytes", "llc_bytes", "loadavg",
                   "loadavg_end"}
 CASE_FIELDS = {"name", "optimizer", "dtype", "shape", "n_tensors", "tensor_size", "params",
@@ -195,3 +195,22 @@ def test_speedups_compare_within_a_group():
     report.add_speedups(records)
     assert records[0]["speedup"] == {"keras": 4.0, "tf-raw": 2.0}
     assert records[1]["speedup"] == {}
+
+
+def test_targets_are_ratios_of_one_run():
+    def rec(name, median, floor=None, speedup=None):
+        return {"name": name, "status": "ok", "median_s": median, "floor_s": floor,
+                "speedup": speedup or {}}
+
+    records = [rec("adam/float32/20x1M/fusedopt", 1.1, floor=1.0,
+                   speedup={"keras": 5.0, "tf-raw": 0.9}),
+               rec("adam-gclip/float32/20x1M/fusedopt", 1.2)]
+    results = {r["description"]: r for r in targets.evaluate(records)}
+    assert len(results) == 4  # the others' cases did not run
+    floor = next(r for d, r in results.items() if "memory floor" in d)
+    assert floor["value"] == pytest.approx(1.1) and floor["met"]
+    raw = next(r for d, r in results.items() if "ResourceApplyAdam" in d)
+    assert raw["value"] == 0.9 and not raw["met"]
+    clip = next(r for d, r in results.items() if "clip" in d)
+    assert clip["value"] == pytest.approx(1.2 / 1.1) and clip["met"]
+    assert any(line.startswith("NOT MET") for line in targets.lines(list(results.values())))

@@ -22,7 +22,7 @@ import sys
 import time
 
 from fusedopt.bench import floor as floor_mod
-from fusedopt.bench import machine, report
+from fusedopt.bench import machine, report, targets
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
 from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, make_cases, matches, parse_shapes
@@ -60,6 +60,15 @@ FULL = Preset(
           ("adam-gclip", "float32", _HEADLINE)),
     settings=Settings(repeats=20, warmup=2, max_seconds=4.0),
 )
+# On a GPU machine: the CUDA kernels against torch.optim fused, at GPU sizes
+# (64x16M is 1B parameters: 16 GiB for Adam's four float32 arrays).
+GPU = Preset(
+    grid=(("adam", "float32", tuple(parse_shapes("300x256,20x1M,10000x4K,64x16M"))),
+          ("adam-gclip", "float32", tuple(parse_shapes("64x16M"))),
+          ("sgd", "float32", tuple(parse_shapes("10000x4K,64x16M")))),
+    settings=Settings(repeats=50, warmup=5, max_seconds=5.0),
+    impls=("kernels-cuda", "torch-fused"),
+)
 # The foundation targets: 20 tensors of 1M and 300 tensors of 256, Adam float32.
 # No keras-xla: compiling 300 variables takes ~10 s of the minute.
 QUICK = Preset(
@@ -82,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Case names are optimizer/dtype/NxSIZE/implementation, e.g. "
         "adam/float32/20x1M/keras-xla. See bench/README.md.",
     )
-    parser.add_argument("--quick", action="store_true",
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true",
                         help="Adam float32 on 20x1M and 300x256 only, no XLA, few repeats "
                         "(under a minute)")
+    preset.add_argument("--gpu", action="store_true",
+                        help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
+                        "up to 1B parameters")
     parser.add_argument("--filter", action="append", default=[], metavar="PATTERN",
                         help="run only cases whose name contains PATTERN, or matches it as "
                         "a glob if it has * ? [ (repeatable: any match)")
@@ -222,8 +235,10 @@ def main(argv=None) -> int:
         text = show(saved["cases"], saved["floor"])
         if text:
             print(text)
+        for line in targets.lines(saved.get("targets", [])):
+            print(line)
         return 0
-    preset = QUICK if args.quick else FULL
+    preset = QUICK if args.quick else GPU if args.gpu else FULL
     settings = dataclasses.replace(
         preset.settings,
         **{k: v for k, v in (("repeats", args.repeats), ("warmup", args.warmup),
@@ -286,6 +301,7 @@ def main(argv=None) -> int:
 
     records = [report.case_record(c, m, floors) for c, m in measurements]
     report.add_speedups(records)
+    document["targets"] = targets.evaluate(records)
     document.update(floor=floors, notes=notes, cases=records,
                     wall_s=time.time() - started)
     document["machine"]["loadavg_end"] = (list(os.getloadavg())
@@ -295,6 +311,8 @@ def main(argv=None) -> int:
         print(report.markdown(records, floors))
     else:
         report.print_report(records, floors)
+    for line in targets.lines(document["targets"]):
+        print(line)
     for note in notes:
         print(note)
     print(f"{sum(r['status'] == 'ok' for r in records)} of {len(records)} cases ran in "
@@ -319,8 +337,8 @@ def write_outputs(args, document: dict, records: list[dict]) -> None:
         try:
             from fusedopt.bench.plot import write_plot
 
-            write_plot(base + ".png", records)
-            written.append(base + ".png")
+            if write_plot(base + ".png", records):
+                written.append(base + ".png")
         except ImportError:
             print("matplotlib is not installed: no plot (pip install 'fusedopt[bench]')",
                   file=sys.stderr)

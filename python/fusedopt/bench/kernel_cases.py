@@ -194,6 +194,28 @@ def _cuda_array_module():
         return "cupy", cupy
 
 
+def _device_arrays(name: str, xp, case: Case, n_state: int, seed: int):
+    """Like ``_numpy_arrays``, generated on the GPU (1B parameters are too many for NumPy)."""
+    n, size = case.shape.n_tensors, case.shape.tensor_size
+    if name == "torch":
+        gen = xp.Generator(device="cuda").manual_seed(seed)
+        dtype = getattr(xp, case.dtype)
+
+        def normal(scale):
+            return [xp.randn(size, generator=gen, device="cuda", dtype=dtype).mul_(scale)
+                    for _ in range(n)]
+    else:
+        rs = xp.random.RandomState(seed)
+
+        def normal(scale):
+            return [rs.standard_normal(size, dtype=case.dtype) * scale for _ in range(n)]
+
+    state = [normal(1e-2)]
+    if n_state == 2:
+        state.append([abs(a) for a in normal(1e-4)])
+    return (normal(1.0), normal(1e-2), *state)
+
+
 @implementation("kernels-cuda", device="cuda", ours=True, max_copies=64,
                 description="fusedopt.kernels.<optimizer> on CUDA arrays (PyTorch or CuPy)")
 def cuda_kernels(case: Case, copies: int) -> Runner:
@@ -203,15 +225,8 @@ def cuda_kernels(case: Case, copies: int) -> Runner:
         raise Skip("this fusedopt build has no CUDA kernels")
     call, n_state = _kernel_step(case)
     name, xp = _cuda_array_module()
-    rng = np.random.default_rng(0)
-    copies_of_arrays = []
-    for _ in range(copies):
-        host = _numpy_arrays(case, n_state, rng)
-        if name == "torch":
-            arrays = tuple([xp.from_numpy(a).cuda() for a in lst] for lst in host)
-        else:
-            arrays = tuple([xp.asarray(a) for a in lst] for lst in host)
-        copies_of_arrays.append(arrays)
+    copies_of_arrays = [_device_arrays(name, xp, case, n_state, seed)
+                        for seed in range(copies)]
     if name == "torch":
         return Runner(_rotating_steps(call, copies_of_arrays), sync=xp.cuda.synchronize,
                       clock=functools.partial(_cuda_events, xp))

@@ -12,8 +12,11 @@ from __future__ import annotations
 import collections
 
 
-def write_plot(path, records: list[dict]) -> None:
-    """Writes the plot to ``path``; raises ImportError without matplotlib."""
+def write_plot(path, records: list[dict]) -> bool:
+    """Writes the plot to ``path`` (False: no case ran, nothing written).
+
+    Raises ImportError without matplotlib.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +27,7 @@ def write_plot(path, records: list[dict]) -> None:
         if r["status"] == "ok":
             sections.setdefault((r["optimizer"], r["dtype"], r["device"]), []).append(r)
     if not sections:
-        return
+        return False
     impls = list(dict.fromkeys(r["impl"] for rs in sections.values() for r in rs))
     colours = {name: f"C{i % 10}" for i, name in enumerate(impls)}
     tensor_counts = sorted({r["n_tensors"] for rs in sections.values() for r in rs})
@@ -60,6 +63,7 @@ def write_plot(path, records: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _lines(members: list[dict]) -> dict:
