@@ -217,6 +217,21 @@ def _outcome(m) -> str:
     return f"{statistics.median(m.times_s) * 1e3:.3g} ms (n={len(m.times_s)}, {m.cache})"
 
 
+def _keep_tensorflow_off_the_gpu() -> None:
+    """The TF cases run on the CPU. Hide GPUs from TensorFlow before it starts,
+    or it would reserve most of the GPU's memory that the CUDA cases need."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):  # TF already started: nothing to do
+        pass
+
+
+def _loadavg_text(values) -> str:
+    return "unknown" if values is None else " ".join(f"{x:.2f}" for x in values)
+
+
 def _evictor(device: str, llc: int):
     try:
         if device == "cpu":
@@ -257,6 +272,7 @@ def main(argv=None) -> int:
         print("fusedopt-bench: no case matches the filters (see --list)", file=sys.stderr)
         return 2
 
+    _keep_tensorflow_off_the_gpu()
     import fusedopt
 
     started = time.time()
@@ -316,8 +332,9 @@ def main(argv=None) -> int:
     for note in notes:
         print(note)
     print(f"{sum(r['status'] == 'ok' for r in records)} of {len(records)} cases ran in "
-          f"{document['wall_s']:.0f} s; load average {document['machine']['loadavg']} at the "
-          f"start, {document['machine']['loadavg_end']} at the end.")
+          f"{document['wall_s']:.0f} s; load average "
+          f"{_loadavg_text(document['machine']['loadavg'])} at the start, "
+          f"{_loadavg_text(document['machine']['loadavg_end'])} at the end.")
 
     if args.out:
         write_outputs(args, document, records)
