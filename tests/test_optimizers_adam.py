@@ -62,6 +62,13 @@ def assert_same_state(a, b):
         np.testing.assert_array_equal(x, y, err_msg=f"variable {i} differs")
 
 
+def assert_close_state(a, b, rtol=1e-6, atol=1e-7):
+    """Equal to float32 rounding: for clipping by norm, whose fused reduction
+    sums in a different (fixed, double-precision) order than TF's reduce_sum."""
+    for i, (x, y) in enumerate(zip(state(a), state(b))):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"variable {i}")
+
+
 def assert_all_fused(opt):
     paths = opt.fused_paths
     assert paths, "no update step was recorded"
@@ -98,7 +105,10 @@ def test_matches_stock_in_fit(cls, case, run_eagerly):
     fused = train(cls(**kwargs), run_eagerly=run_eagerly)
     stock = train(STOCK[cls](**kwargs), run_eagerly=run_eagerly)
     assert_all_fused(fused.optimizer)
-    assert_same_state(fused, stock)
+    if case in ("clipnorm", "global_clipnorm"):
+        assert_close_state(fused, stock)
+    else:
+        assert_same_state(fused, stock)
 
 
 def test_learning_rate_scheduler_callback():

@@ -47,7 +47,8 @@ def handle(x):
 
 
 def keras_scalars(dtype, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0):
-    """The op's scalar inputs, computed with the TF ops of keras Adam.update_step."""
+    """The op's scalar inputs, computed with the TF ops of keras Adam.update_step
+    (plus an empty clip_args: no clipping)."""
     lr_t = tf.constant(lr, dtype)
     local_step = tf.cast(step, dtype)
     beta_1_power = tf.pow(tf.constant(beta_1, dtype), local_step)
@@ -59,6 +60,7 @@ def keras_scalars(dtype, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0)
         epsilon=tf.constant(epsilon, dtype),
         lr=lr_t,
         weight_decay=tf.constant(weight_decay, dtype),
+        clip_args=tf.zeros([0], dtype),
     )
 
 

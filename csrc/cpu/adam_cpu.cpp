@@ -7,20 +7,21 @@ namespace fusedopt {
 
 template <typename T>
 void adam_cpu(const AdamTensors<T>& t, const AdamScalars<T>& s, bool weight_decay,
-              const ParallelFor& parallel) {
+              const ParallelFor& parallel, const GradClip<T>& clip) {
   const auto range = IsaAdam<T>::get(cpu_kernels());
   // Reads p, g, m, v and writes p, m, v.
   const int64_t bytes_per_element = 7 * sizeof(T);
   for_each_chunk(t.sizes, bytes_per_element, parallel, [&](const Chunk& c) {
     const int i = c.tensor;
     range(t.params[i] + c.begin, t.grads[i] + c.begin, t.m[i] + c.begin,
-          t.v[i] + c.begin, c.end - c.begin, s, weight_decay);
+          t.v[i] + c.begin, c.end - c.begin, s, weight_decay, clip.kind,
+          clip.kind == ClipKind::kNone ? ClipScalars<T>{} : clip.of_tensor(i));
   });
 }
 
 template void adam_cpu<float>(const AdamTensors<float>&, const AdamScalars<float>&,
-                              bool, const ParallelFor&);
+                              bool, const ParallelFor&, const GradClip<float>&);
 template void adam_cpu<double>(const AdamTensors<double>&, const AdamScalars<double>&,
-                               bool, const ParallelFor&);
+                               bool, const ParallelFor&, const GradClip<double>&);
 
 }  // namespace fusedopt

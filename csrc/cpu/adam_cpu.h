@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "kernels/clip.h"
 #include "kernels/adam.h"
 
 namespace fusedopt {
@@ -23,6 +24,7 @@ struct AdamTensors {
 
 template <typename T>
 void adam_cpu(const AdamTensors<T>& tensors, const AdamScalars<T>& scalars,
-              bool weight_decay, const ParallelFor& parallel);
+              bool weight_decay, const ParallelFor& parallel,
+              const GradClip<T>& clip = GradClip<T>());
 
 }  // namespace fusedopt

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/adam.h"
+#include "kernels/clip.h"
 #include "kernels/sgd.h"
 
 namespace fusedopt {
@@ -18,15 +19,23 @@ namespace fusedopt {
 // the same buffer twice).
 struct IsaKernels {
   const char* name;
+  // The gradient is clipped (kernels/clip.h) right before the rule.
   void (*adam_f32)(float* p, const float* g, float* m, float* v, int64_t n,
-                   const AdamScalars<float>& s, bool decay);
+                   const AdamScalars<float>& s, bool decay, ClipKind clip,
+                   const ClipScalars<float>& c);
   void (*adam_f64)(double* p, const double* g, double* m, double* v, int64_t n,
-                   const AdamScalars<double>& s, bool decay);
+                   const AdamScalars<double>& s, bool decay, ClipKind clip,
+                   const ClipScalars<double>& c);
   // m is unused (may be null) for SgdVariant::kPlain.
   void (*sgd_f32)(float* p, const float* g, float* m, int64_t n,
-                  const SgdScalars<float>& s, SgdVariant variant, bool decay);
+                  const SgdScalars<float>& s, SgdVariant variant, bool decay,
+                  ClipKind clip, const ClipScalars<float>& c);
   void (*sgd_f64)(double* p, const double* g, double* m, int64_t n,
-                  const SgdScalars<double>& s, SgdVariant variant, bool decay);
+                  const SgdScalars<double>& s, SgdVariant variant, bool decay,
+                  ClipKind clip, const ClipScalars<double>& c);
+  // Sum of squares in double, in a fixed order (kernels/norm.h).
+  double (*sum_of_squares_f32)(const float* x, int64_t n);
+  double (*sum_of_squares_f64)(const double* x, int64_t n);
 };
 
 // The kernels for the best instruction set compiled in and supported here.
@@ -47,6 +56,17 @@ struct IsaAdam<float> {
 template <>
 struct IsaAdam<double> {
   static auto get(const IsaKernels& k) { return k.adam_f64; }
+};
+
+template <typename T>
+struct IsaSumOfSquares;
+template <>
+struct IsaSumOfSquares<float> {
+  static auto get(const IsaKernels& k) { return k.sum_of_squares_f32; }
+};
+template <>
+struct IsaSumOfSquares<double> {
+  static auto get(const IsaKernels& k) { return k.sum_of_squares_f64; }
 };
 
 template <typename T>

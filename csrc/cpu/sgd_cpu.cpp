@@ -7,7 +7,7 @@ namespace fusedopt {
 
 template <typename T>
 void sgd_cpu(const SgdTensors<T>& t, const SgdScalars<T>& s, SgdVariant variant,
-             bool weight_decay, const ParallelFor& parallel) {
+             bool weight_decay, const ParallelFor& parallel, const GradClip<T>& clip) {
   const auto range = IsaSgd<T>::get(cpu_kernels());
   const bool plain = variant == SgdVariant::kPlain;
   // Plain: reads p, g and writes p. Momentum: reads p, g, m and writes p, m.
@@ -16,13 +16,16 @@ void sgd_cpu(const SgdTensors<T>& t, const SgdScalars<T>& s, SgdVariant variant,
     const int i = c.tensor;
     T* m = plain ? nullptr : t.m[i] + c.begin;
     range(t.params[i] + c.begin, t.grads[i] + c.begin, m, c.end - c.begin, s, variant,
-          weight_decay);
+          weight_decay, clip.kind,
+          clip.kind == ClipKind::kNone ? ClipScalars<T>{} : clip.of_tensor(i));
   });
 }
 
 template void sgd_cpu<float>(const SgdTensors<float>&, const SgdScalars<float>&,
-                             SgdVariant, bool, const ParallelFor&);
+                             SgdVariant, bool, const ParallelFor&,
+                             const GradClip<float>&);
 template void sgd_cpu<double>(const SgdTensors<double>&, const SgdScalars<double>&,
-                              SgdVariant, bool, const ParallelFor&);
+                              SgdVariant, bool, const ParallelFor&,
+                              const GradClip<double>&);
 
 }  // namespace fusedopt

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "kernels/clip.h"
 #include "kernels/sgd.h"
 
 namespace fusedopt {
@@ -24,6 +25,7 @@ struct SgdTensors {
 
 template <typename T>
 void sgd_cpu(const SgdTensors<T>& tensors, const SgdScalars<T>& scalars,
-             SgdVariant variant, bool weight_decay, const ParallelFor& parallel);
+             SgdVariant variant, bool weight_decay, const ParallelFor& parallel,
+             const GradClip<T>& clip = GradClip<T>());
 
 }  // namespace fusedopt

@@ -6,6 +6,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf/clip_args.h"
 #include "tf/fused_update.h"
 
 namespace fusedopt {
@@ -27,14 +28,17 @@ REGISTER_OP("FusedoptAdam")
     .Input("epsilon: T")
     .Input("lr: T")
     .Input("weight_decay: T")
+    .Input("clip_args: T")
     .Attr("T: {float, double}")
+    .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
     .Attr("apply_weight_decay: bool = false")
     .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
       int n;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
       tf::shape_inference::ShapeHandle unused;
-      for (int i = 4 * n; i < c->num_inputs(); ++i) {
+      // The 0-d hyperparameters; clip_args (the last input) is a vector.
+      for (int i = 4 * n; i < c->num_inputs() - 1; ++i) {
         TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
       }
       return absl::OkStatus();
@@ -53,9 +57,15 @@ class FusedoptAdamOp : public tf::OpKernel {
  public:
   explicit FusedoptAdamOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &num_tensors_));
+    std::string clip;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clip", &clip));
+    OP_REQUIRES_OK(ctx, ParseClipKind(clip, &clip_kind_));
   }
 
   void Compute(tf::OpKernelContext* ctx) override {
+    GradClip<T> clip;
+    OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, clip_kind_, num_tensors_, &clip));
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "m", "v"}, "grads", kAdamScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
 
@@ -76,11 +86,13 @@ class FusedoptAdamOp : public tf::OpKernel {
       t.grads.push_back(update.grads()[i].template flat<T>().data());
       t.sizes.push_back(update.grads()[i].NumElements());
     }
-    adam_cpu(t, s, apply_weight_decay_, TfParallelFor(ctx));
+    adam_cpu(t, s, apply_weight_decay_, TfParallelFor(ctx), clip);
   }
 
  private:
   bool apply_weight_decay_ = false;
+  ClipKind clip_kind_ = ClipKind::kNone;
+  int num_tensors_ = 0;
 };
 
 #define REGISTER_CPU(T)                                                         \

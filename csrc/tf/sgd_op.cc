@@ -10,6 +10,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf/clip_args.h"
 #include "tf/fused_update.h"
 
 namespace fusedopt {
@@ -37,7 +38,9 @@ REGISTER_OP("FusedoptSgd")
     .Input("momentum: T")
     .Input("weight_decay: T")
     .Input("decay_lr: T")
+    .Input("clip_args: T")
     .Attr("T: {float, double}")
+    .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
     .Attr("M: int >= 0")
     .Attr("nesterov: bool = false")
@@ -48,7 +51,8 @@ REGISTER_OP("FusedoptSgd")
       TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
       TF_RETURN_IF_ERROR(CheckMomentumCount(n, m));
       tf::shape_inference::ShapeHandle unused;
-      for (int i = 2 * n + m; i < c->num_inputs(); ++i) {
+      // The 0-d hyperparameters; clip_args (the last input) is a vector.
+      for (int i = 2 * n + m; i < c->num_inputs() - 1; ++i) {
         TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
       }
       return absl::OkStatus();
@@ -60,7 +64,9 @@ For every element: if apply_weight_decay, p -= p * weight_decay * decay_lr;
 then with no momentums (M = 0) p -= g * lr; otherwise
 m = m * momentum - g * lr and p += m, or with nesterov
 p += m * momentum - g * lr (with the new m). Variables are locked in address
-order; every input is validated before the first write.
+order; every input is validated before the first write. The gradients are
+first clipped as `clip` says (none, value: [lo, hi], ratio: [numerator,
+denominator per tensor], scale: [scale]; see csrc/kernels/clip.h).
 )doc");
 
 template <typename T>
@@ -71,15 +77,21 @@ class FusedoptSgdOp : public tf::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("M", &m));
     OP_REQUIRES_OK(ctx, CheckMomentumCount(n, m));
+    num_tensors_ = n;
     bool nesterov = false;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
+    std::string clip;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("clip", &clip));
+    OP_REQUIRES_OK(ctx, ParseClipKind(clip, &clip_kind_));
     variant_ = m == 0    ? SgdVariant::kPlain
                : nesterov ? SgdVariant::kNesterov
                           : SgdVariant::kMomentum;
   }
 
   void Compute(tf::OpKernelContext* ctx) override {
+    GradClip<T> clip;
+    OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, clip_kind_, num_tensors_, &clip));
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "momentums"}, "grads", kSgdScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
 
@@ -99,12 +111,14 @@ class FusedoptSgdOp : public tf::OpKernel {
       t.grads.push_back(update.grads()[i].template flat<T>().data());
       t.sizes.push_back(update.grads()[i].NumElements());
     }
-    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx));
+    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx), clip);
   }
 
  private:
   SgdVariant variant_ = SgdVariant::kPlain;
   bool apply_weight_decay_ = false;
+  ClipKind clip_kind_ = ClipKind::kNone;
+  int num_tensors_ = 0;
 };
 
 #define REGISTER_CPU(T)                                                        \

@@ -7,6 +7,7 @@ from keras import ops
 
 from fusedopt import _ops
 from fusedopt import hyperparameters as hp
+from fusedopt.optimizers import clipping
 from fusedopt.optimizers.base import Optimizer, decay_scalars, scalar
 
 
@@ -29,7 +30,8 @@ class _FusedAdamUpdate:
             return "amsgrad=True (not fused yet)"
         return None
 
-    def _fused_update(self, grads, variables, learning_rate, weight_decay):
+    def _fused_update(self, grads, variables, learning_rate, weight_decay,
+                      clip=clipping.NO_CLIP):
         # The scalars are computed with the same ops, in the same order and
         # dtype, as keras.optimizers.Adam.update_step, so that the fused op
         # reproduces the stock optimizer bit for bit. (Note ops.cast of a Python
@@ -54,6 +56,8 @@ class _FusedAdamUpdate:
             lr=decay_lr,
             weight_decay=wd,
             apply_weight_decay=weight_decay,
+            clip=clip[0],
+            clip_args=clipping.clip_args(clip, dtype),
         )
 
 

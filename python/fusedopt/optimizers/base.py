@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
+from fusedopt.optimizers import clipping
 from fusedopt.optimizers.arguments import ArgumentStructure
 
 FUSED = "fused"
@@ -82,6 +83,8 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         self._fused_paths = {}
         # Variable keys (``_var_key``) whose weight decay the fused op applies.
         self._pending_decay = set()
+        # A built-in clip transformer the fused op applies (see clipping.py).
+        self._pending_clip = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -89,8 +92,12 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         """Why no variable can take the fused path with this configuration."""
         return None
 
-    def _fused_update(self, grads, variables, learning_rate, weight_decay: bool):
-        """Updates `variables` (tf.Variables of one dtype and device) in one op."""
+    def _fused_update(self, grads, variables, learning_rate, weight_decay: bool,
+                      clip=clipping.NO_CLIP):
+        """Updates `variables` (tf.Variables of one dtype and device) in one op.
+
+        clip: (kind, clip_args) for the op's `clip` attribute and input.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------- inspection
@@ -116,12 +123,33 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
             self._var_key(v) for v in variables if self._use_weight_decay(v)
         }
 
+    def _can_fold_clip(self) -> bool:
+        """Whether a built-in clip can go into the fused op this step."""
+        return (_ops.library() is not None and self._fused_unsupported_reason() is None
+                and not _in_xla_context() and not tf.distribute.has_strategy())
+
+    def _clip_gradients(self, grads):
+        # Keras' clipvalue / clipnorm / global_clipnorm. Folded into the fused
+        # op when nothing runs between them and the update; otherwise the
+        # stock clipping.
+        self._pending_clip = None
+        clip = clipping.keras_clip(self)
+        if clip is None or self.gradient_transformers or not self._can_fold_clip():
+            return super()._clip_gradients(grads)
+        self._pending_clip = clip
+        return grads
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # After Keras' unscaling, accumulation and clipping; before the weight
-        # decay (deferred into the update) and the update itself.
-        if self.gradient_transformers:
-            grads = self._apply_transformers(
-                self.gradient_transformers, grads, trainable_variables)
+        # decay (deferred into the update) and the update itself. A built-in
+        # clip at the end of the chain is folded into the fused op.
+        transformers = self.gradient_transformers
+        if (transformers and clipping.is_foldable(transformers[-1])
+                and self._can_fold_clip()):
+            self._pending_clip = transformers[-1]
+            transformers = transformers[:-1]
+        if transformers:
+            grads = self._apply_transformers(transformers, grads, trainable_variables)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def _fallback_reason(self, distribution, grad, var) -> str | None:
@@ -156,13 +184,22 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
                 fallback.append((grad, var))
                 paths[self._path(var)] = "fallback: " + reason
 
-        for (dtype, device, decay), pairs in groups.items():
-            with tf.device(device):
+        groups = {key: [(tf.cast(g, key[0]), v) for g, v in pairs]
+                  for key, pairs in groups.items()}
+        clip_args = {}
+        if self._pending_clip is not None:
+            clip_args, fallback = clipping.fold(_ops.library(), self._pending_clip, groups,
+                                                fallback)
+            self._pending_clip = None
+
+        for key, pairs in groups.items():
+            with tf.device(key[1]):
                 self._fused_update(
-                    [tf.cast(g, dtype) for g, _ in pairs],
+                    [g for g, _ in pairs],
                     [v for _, v in pairs],
                     learning_rate,
-                    weight_decay=decay,
+                    weight_decay=key[2],
+                    clip=clip_args.get(key, clipping.NO_CLIP),
                 )
 
         if fallback:

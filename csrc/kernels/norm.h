@@ -1,0 +1,34 @@
+// Sum of squares of a contiguous range, accumulated in double in a fixed
+// order: kLanes independent partial sums (element i goes to lane i % kLanes),
+// added up lane 0 first. The order does not depend on the instruction set or
+// the thread count, so the same inputs always give the same bits.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common.h"
+
+namespace fusedopt {
+
+constexpr int kNormLanes = 8;
+
+template <typename T>
+inline double sum_of_squares(const T* __restrict x, int64_t n) {
+  double lanes[kNormLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + kNormLanes <= n; i += kNormLanes) {
+    for (int j = 0; j < kNormLanes; ++j) {
+      const double v = static_cast<double>(x[i + j]);
+      lanes[j] += v * v;
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double v = static_cast<double>(x[i]);
+    lanes[j] += v * v;
+  }
+  double total = 0.0;
+  for (int j = 0; j < kNormLanes; ++j) total += lanes[j];
+  return total;
+}
+
+}  // namespace fusedopt

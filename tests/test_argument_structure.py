@@ -1,0 +1,370 @@
+"""The argument structure (hyperparameters, gradient transformers, state) of
+fusedopt optimizers, and the article's three examples run with fusedopt.
+
+Reference: ../shared/reference/optimizer-argument-structure.md.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+import fusedopt
+from fusedopt import transformers as T
+
+from test_optimizers_adam import (assert_close_state, assert_same_state, make_data, make_model,
+                                  state, train)
+
+
+def op_types(model, x, y):
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    return [op.type for op in graph.get_operations()]
+
+
+def compiled(opt):
+    keras.utils.set_random_seed(1234)
+    model = make_model()
+    model.compile(optimizer=opt, loss="mse")
+    return model
+
+
+def snapshot(model):
+    model.optimizer.build(model.trainable_variables)
+    return state(model)
+
+
+# --------------------------------------------------------------- hyperparameters
+
+@pytest.mark.parametrize("form", ["tensor", "tf_variable", "keras_variable", "callable"])
+@pytest.mark.parametrize("name,value", [("learning_rate", 0.02), ("beta_1", 0.8),
+                                        ("beta_2", 0.99), ("epsilon", 1e-3),
+                                        ("weight_decay", 0.05)])
+def test_every_hyperparameter_form_matches_the_number(name, value, form):
+    make = {
+        "tensor": lambda: tf.constant(value),
+        "tf_variable": lambda: tf.Variable(value),
+        "keras_variable": lambda: keras.Variable(value),
+        "callable": lambda: (lambda: value),
+    }[form]
+    base = dict(learning_rate=0.01)
+    fused = train(fusedopt.Adam(**{**base, name: make()}), epochs=1)
+    assert set(fused.optimizer.fused_paths.values()) == {"fused"}
+    n = len(fused.weights)
+    if name in ("beta_1", "beta_2", "epsilon") and form != "callable":
+        # Stock Keras takes these forms too (a float32 0.99 is not 0.99, so
+        # compare like with like): bit-identical.
+        stock = train(keras.optimizers.Adam(**{**base, name: make()}), epochs=1)
+        for a, b in zip(state(fused)[:n], state(stock)[:n]):
+            np.testing.assert_array_equal(a, b)
+    else:
+        stock = train(keras.optimizers.Adam(**{**base, name: value}), epochs=1)
+        for a, b in zip(state(fused)[:n], state(stock)[:n]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_variable_hyperparameters_take_effect_at_the_next_step_in_graph_mode():
+    lr, beta_1 = tf.Variable(0.01), tf.Variable(0.9)
+    stock_beta_1 = tf.Variable(0.9)  # stock Keras reads a tf.Variable beta too
+    fused_model = compiled(fusedopt.Adam(learning_rate=lr, beta_1=beta_1))
+    stock_model = compiled(keras.optimizers.Adam(learning_rate=0.01, beta_1=stock_beta_1))
+    x, y = make_data(64)
+    for step in range(4):
+        fused_model.train_on_batch(x, y)
+        stock_model.train_on_batch(x, y)
+        lr.assign(lr * 0.5)
+        beta_1.assign(0.5 + 0.1 * step)
+        stock_model.optimizer.learning_rate = float(lr.numpy())
+        stock_beta_1.assign(beta_1)
+    # The stock optimizer keeps its learning rate in a variable of its own;
+    # the fused one reads the user's: compare the model and the slots.
+    for a, b in zip(fused_model.weights, stock_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    opt, stock_opt = fused_model.optimizer, stock_model.optimizer
+    for i, var in enumerate(fused_model.trainable_variables):
+        np.testing.assert_array_equal(opt.get_slot(var, "momentum").numpy(),
+                                      stock_opt._momentums[i].numpy())
+        np.testing.assert_array_equal(opt.get_slot(var, "velocity").numpy(),
+                                      stock_opt._velocities[i].numpy())
+
+
+def test_schedule_for_beta_is_called_with_the_step():
+    beta = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.9, 0.5])
+    fused = compiled(fusedopt.Adam(learning_rate=0.01, beta_1=beta))
+    beta_var = tf.Variable(0.9)
+    stock = compiled(keras.optimizers.Adam(learning_rate=0.01, beta_1=beta_var))
+    x, y = make_data(64)
+    for step in range(4):
+        beta_var.assign(0.9 if step <= 1 else 0.5)
+        fused.train_on_batch(x, y)
+        stock.train_on_batch(x, y)
+    assert_same_state(fused, stock)
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    (dict(lr=0.1), TypeError, "learning_rate="),
+    (dict(learning_rate=-0.1), ValueError, "learning_rate"),
+    (dict(learning_rate=float("nan")), ValueError, "learning_rate"),
+    (dict(learning_rate="0.1"), TypeError, "learning_rate"),
+    (dict(beta_1=1.0), ValueError, "beta_1"),
+    (dict(beta_2=-0.1), ValueError, "beta_2"),
+    (dict(epsilon=-1e-7), ValueError, "epsilon"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(beta_1=tf.constant([0.9, 0.9])), TypeError, "beta_1"),
+    (dict(beta_1=tf.Variable(1.5)), ValueError, "beta_1"),
+    (dict(beta_2=lambda step: 0.9), TypeError, "beta_2"),
+    (dict(epsilon=[1e-7]), TypeError, "epsilon"),
+    (dict(momentum=0.9), TypeError, "momentum"),
+    (dict(clipnorm=0.0), ValueError, "clipnorm"),
+    (dict(clipvalue=-1.0), ValueError, "clipvalue"),
+    (dict(gradient_transformers=T.clip_by_norm(1.0)), TypeError, "gradient_transformers"),
+    (dict(gradient_transformers=[T.clip_by_norm(1.0), "clip"]), TypeError,
+     "gradient_transformers[1]"),
+])
+def test_invalid_arguments_are_refused_at_construction(kwargs, error, words):
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        fusedopt.Adam(**kwargs)
+
+
+def test_sgd_momentum_range():
+    with pytest.raises(ValueError, match="momentum"):
+        fusedopt.SGD(momentum=1.5)
+    with pytest.raises(TypeError, match="momentum"):
+        fusedopt.SGD(momentum="high")
+    fusedopt.SGD(momentum=1.0)  # [0, 1] is closed
+
+
+# ---------------------------------------------------------- gradient transformers
+
+def clip_gradients(grads_and_vars):
+    """The article's Example 2, verbatim."""
+    clipped_grads_and_vars = [(tf.clip_by_value(grad, -1.0, 1.0), var)
+                              for grad, var in grads_and_vars
+                              if grad is not None]
+    return clipped_grads_and_vars
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+def test_article_example_2_equals_clipvalue(run_eagerly):
+    # A learning rate and targets large enough that gradients exceed 1.
+    def run(opt):
+        keras.utils.set_random_seed(5)
+        model = make_model()
+        model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
+        x, y = make_data()
+        model.fit(x, 30 * y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    example = run(fusedopt.Adam(learning_rate=0.001, gradient_transformers=[clip_gradients]))
+    keras_arg = run(fusedopt.Adam(learning_rate=0.001, clipvalue=1.0))
+    stock = run(keras.optimizers.Adam(learning_rate=0.001, clipvalue=1.0))
+    assert_same_state(example, stock)
+    assert_same_state(keras_arg, stock)
+
+
+@pytest.mark.parametrize("builtin,keras_arg", [
+    (T.clip_by_value(-0.01, 0.01), dict(clipvalue=0.01)),
+    (T.clip_by_norm(0.05), dict(clipnorm=0.05)),
+    (T.clip_by_global_norm(0.1), dict(global_clipnorm=0.1)),
+], ids=["value", "norm", "global_norm"])
+def test_builtins_match_keras_clip_arguments_and_run_fused(builtin, keras_arg):
+    fused = train(fusedopt.Adam(learning_rate=0.01, gradient_transformers=[builtin]))
+    stock = train(keras.optimizers.Adam(learning_rate=0.01, **keras_arg))
+    assert set(fused.optimizer.fused_paths.values()) == {"fused"}
+    assert_close_state(fused, stock)
+
+    x, y = make_data(32)
+    for opt in (fusedopt.Adam(gradient_transformers=[builtin]), fusedopt.Adam(**keras_arg)):
+        types = op_types(compiled(opt), x, y)
+        assert types.count("FusedoptAdam") == 1
+        # Folded: no per-variable clip ops (the global scale's formula has one
+        # scalar Minimum), one fused reduction for the norms.
+        assert "ClipByValue" not in types
+        assert types.count("Minimum") == (1 if builtin.kind == "global_norm" else 0)
+        assert types.count("FusedoptSquaredNorms") == (0 if builtin.kind == "value" else 1)
+
+
+def test_global_norm_clipping_is_deterministic():
+    runs = [state(train(fusedopt.Adam(learning_rate=0.01, global_clipnorm=0.1)))
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_builtins_work_on_their_own():
+    rng = np.random.default_rng(0)
+    var = [tf.Variable(rng.standard_normal(s).astype("float32")) for s in [(3, 4), (5,)]]
+    grads = [tf.constant(4 * rng.standard_normal(v.shape).astype("float32")) for v in var]
+    pairs = list(zip(grads, var))
+    out = T.clip_by_value(-0.5, 0.5)(pairs)
+    assert [v for _, v in out] == var
+    np.testing.assert_array_equal(out[0][0], np.clip(grads[0], -0.5, 0.5))
+    out = T.clip_by_norm(1.0)(pairs)
+    np.testing.assert_allclose(np.linalg.norm(out[1][0]), 1.0, rtol=1e-6)
+    out = T.clip_by_global_norm(1.0)(pairs)
+    total = np.sqrt(sum(np.sum(np.square(g)) for g, _ in out))
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+
+
+def test_transformers_run_in_order_after_keras_clipping():
+    seen = []
+
+    def record_max(grads_and_vars):
+        seen.append(max(float(tf.reduce_max(tf.abs(g))) for g, _ in grads_and_vars))
+        return grads_and_vars
+
+    def halve(grads_and_vars):
+        return [(g * 0.5, v) for g, v in grads_and_vars]
+
+    model = compiled(fusedopt.Adam(clipvalue=0.001, gradient_transformers=[record_max, halve]))
+    model.run_eagerly = True
+    x, y = make_data(32)
+    model.train_on_batch(x, 30 * y)
+    assert seen and seen[-1] <= 0.001 + 1e-9
+
+    # A custom transformer followed by a folded built-in: halve, then clip by
+    # the global norm, equals stock Keras with the loss scaled by 1/2 (Keras
+    # unscales before clipping).
+    fused = train(fusedopt.Adam(learning_rate=0.01,
+                                gradient_transformers=[halve, T.clip_by_global_norm(0.02)]))
+    stock = train(keras.optimizers.Adam(learning_rate=0.01, global_clipnorm=0.02,
+                                        loss_scale_factor=2.0))
+    assert set(fused.optimizer.fused_paths.values()) == {"fused"}
+    assert_close_state(fused, stock, rtol=2e-6)
+
+
+def _drop_last(grads_and_vars):
+    return grads_and_vars[:-1]
+
+
+def _swap(grads_and_vars):
+    return list(reversed(grads_and_vars))
+
+
+def _reshape(grads_and_vars):
+    (g, v), rest = grads_and_vars[0], grads_and_vars[1:]
+    return [(tf.reshape(g, [-1]), v)] + rest
+
+
+def _to_float64(grads_and_vars):
+    return [(tf.cast(g, tf.float64), v) for g, v in grads_and_vars]
+
+
+def _not_a_list(grads_and_vars):
+    return {v.path: g for g, v in grads_and_vars}
+
+
+class _Opaque:
+    def __call__(self, grads_and_vars):
+        return [(g, v) for g, v in grads_and_vars][:1]
+
+
+@pytest.mark.parametrize("transformer,error,words", [
+    (_drop_last, ValueError, "_drop_last returned 5 pairs for 6"),
+    (_swap, ValueError, "_swap returned variable"),
+    (_reshape, ValueError, "_reshape returned a gradient of shape"),
+    (_to_float64, ValueError, "_to_float64 returned a float64 gradient"),
+    (_not_a_list, TypeError, "_not_a_list must return a list"),
+    (_Opaque(), ValueError, "_Opaque object"),
+])
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+def test_bad_transformer_output_is_named_and_nothing_is_written(transformer, error, words,
+                                                                run_eagerly):
+    model = compiled(fusedopt.Adam(gradient_transformers=[transformer]))
+    model.run_eagerly = run_eagerly
+    before = snapshot(model)
+    x, y = make_data(32)
+    with pytest.raises(error, match=words):
+        model.train_on_batch(x, y)
+    for a, b in zip(before, state(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+# -------------------------------------------------------------------------- state
+
+def test_slots():
+    model = train(fusedopt.Adam(learning_rate=0.01), epochs=1)
+    opt = model.optimizer
+    assert opt.get_slot_names() == ["momentum", "velocity"]
+    kernel = model.trainable_variables[0]
+    m = opt.get_slot(kernel, "momentum")
+    assert m is opt.variables[2] and tuple(m.shape) == tuple(kernel.shape)
+    assert opt.get_slot(kernel, "velocity") is opt.variables[3]
+    with pytest.raises(KeyError, match="'momentum', 'velocity'"):
+        opt.get_slot(kernel, "velocity_hat")
+    assert fusedopt.Adam(amsgrad=True).get_slot_names() == ["momentum", "velocity",
+                                                             "velocity_hat"]
+    assert fusedopt.SGD(momentum=0.9).get_slot_names() == ["momentum"]
+    assert fusedopt.SGD().get_slot_names() == []
+
+
+# ------------------------------------------------------------------ serialization
+
+@keras.saving.register_keras_serializable(package="fusedopt_tests")
+def double_gradients(grads_and_vars):
+    return [(2.0 * g, v) for g, v in grads_and_vars]
+
+
+def test_config_round_trip_with_transformers_and_hyperparameters():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)
+    opt = fusedopt.Adam(learning_rate=schedule, beta_1=tf.Variable(0.8),
+                        gradient_transformers=[double_gradients, T.clip_by_value(-1.0, 2.0),
+                                               T.clip_by_global_norm(3.0)])
+    config = opt.get_config()
+    assert config["beta_1"] == pytest.approx(0.8)
+    restored = fusedopt.Adam.from_config(config)
+    assert restored.get_config() == config
+    assert restored.gradient_transformers[0] is double_gradients
+    assert repr(restored.gradient_transformers[1]) == "ClipByValue(min_value=-1.0, max_value=2.0)"
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(again) is fusedopt.Adam and again.get_config() == config
+
+
+def test_keras_file_round_trip_with_builtins(tmp_path):
+    model = train(fusedopt.Adam(learning_rate=0.01,
+                                gradient_transformers=[T.clip_by_norm(0.5)]), epochs=1)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert repr(loaded.optimizer.gradient_transformers[0]) == "ClipByNorm(max_norm=0.5)"
+    assert_same_state(model, loaded)
+
+
+def test_unregistered_callables_fail_clearly_at_save_time(tmp_path):
+    model = compiled(fusedopt.Adam(gradient_transformers=[lambda gv: gv]))
+    with pytest.raises(TypeError, match=r"gradient_transformers\[0\].*register_keras_serializable"):
+        model.save(tmp_path / "m.keras")
+    model = compiled(fusedopt.Adam(beta_1=lambda: 0.9))
+    with pytest.raises(TypeError, match="beta_1.*register_keras_serializable"):
+        model.save(tmp_path / "m2.keras")
+
+
+# ------------------------------------------------------------ the article examples
+
+def test_article_example_1():
+    optimizer = fusedopt.Adam(learning_rate=0.001)
+    model = compiled(optimizer)
+    x, y = make_data()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert optimizer.learning_rate.numpy() == pytest.approx(0.001)
+    assert set(optimizer.fused_paths.values()) == {"fused"}
+
+
+def test_article_example_3():
+    # As written in the article, with fusedopt.Adam in place of
+    # tf.keras.optimizers.experimental.Adam, and `model`, X_train, y_train defined.
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    X_train, y_train = make_data()
+
+    def learning_rate_scheduler(epoch):
+        # Example: Reduce learning rate by half every 10 epochs
+        if epoch % 10 == 0 and epoch > 0:
+            return 0.5 * tf.keras.backend.get_value(optimizer.learning_rate)
+        return tf.keras.backend.get_value(optimizer.learning_rate)
+
+    optimizer = fusedopt.Adam(learning_rate=0.01)
+    lr_callback = tf.keras.callbacks.LearningRateScheduler(learning_rate_scheduler)
+    model.compile(optimizer=optimizer, loss='mse')
+    model.fit(X_train, y_train, epochs=21, callbacks=[lr_callback], verbose=0)
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.0025)
+    assert set(optimizer.fused_paths.values()) == {"fused"}
