@@ -194,8 +194,20 @@ def test_numpy_arrays_with_stream():
 @pytest.mark.parametrize("producer", [FakeCudaArray, LegacyFakeCudaArray])
 def test_dtypes(producer):
     p, g, m, v = adam_lists()
-    with pytest.raises(TypeError, match=r"grads\[0\] must have dtype float32 or float64, got float16"):
+    with pytest.raises(TypeError, match=r"grads\[0\] must have dtype float16, bfloat16, "
+                                        r"float32 or float64, got int32"):
+        kernels.adam(p, [producer((4,), "int32", data=FAKE_BASE + 8 * 4096)], m, v, **HYPER)
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float16 but params\[0\] has float32"):
         kernels.adam(p, [producer((4,), "float16", data=FAKE_BASE + 8 * 4096)], m, v, **HYPER)
+    with pytest.raises(TypeError, match=r"m\[0\] must have dtype float32 or float64, got float16"):
+        kernels.adam(p, g, [producer((4,), "float16", data=FAKE_BASE + 8 * 4096)], v, **HYPER)
+    p16 = [producer((4,), "float16", data=FAKE_BASE + 8 * 4096)]
+    g16 = [producer((4,), "float16", data=FAKE_BASE + 9 * 4096)]
+    with pytest.raises(TypeError, match=r"m\[0\] has dtype float64 but params\[0\] has float16; "
+                                        r"16-bit parameters take float32 m and v"):
+        kernels.adam(p16, g16, [producer((4,), "float64", data=FAKE_BASE + 10 * 4096)], v, **HYPER)
+    with pytest.raises(ValueError, match=r"v\[0\] and params\[0\] have different shapes"):
+        kernels.adam(p16, g16, m, [producer((5,), data=FAKE_BASE + 10 * 4096)], **HYPER)
     f64 = [producer((4,), "float64", data=FAKE_BASE + 8 * 4096)]
     with pytest.raises(TypeError, match=r"m\[0\] has dtype float64 but params\[0\] has float32"):
         kernels.adam(p, g, f64, v, **HYPER)

@@ -75,6 +75,17 @@ class TorchBackend:
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
 
+    def bfloat16_from_numpy(self, a):
+        """float32 values -> bfloat16 on the device (round to nearest even)."""
+        return self.torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.torch.bfloat16).to(self.dev)
+
+    def bfloat16_to_numpy(self, x):
+        return x.detach().float().cpu().numpy()
+
+    def round_bfloat16(self, a):
+        """float32 -> the nearest bfloat16 values, as float32 (round to nearest even)."""
+        return self.torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.torch.bfloat16).float().numpy()
+
     def view(self, flat, offset, shape):
         return flat[offset:offset + int(np.prod(shape, dtype=np.int64))].view(shape)
 
@@ -470,6 +481,88 @@ def test_several_steps_match_the_cpu_kernel():
     got = lists.results()
     for name in ("params", "m", "v"):
         np.testing.assert_array_equal(got[name], state[name])
+
+
+@device_only
+@pytest.mark.parametrize("pdtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["aligned", "unaligned"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.004])
+def test_16bit_params_with_float32_state(pdtype, layout, weight_decay):
+    """float16/bfloat16 params and grads, float32 m and v: the rule in float32,
+    so the result is the CPU float32 kernel's on the upcast inputs, params
+    rounded to nearest; bit for bit."""
+    if pdtype == "bfloat16" and BE.name != "torch":
+        pytest.skip("bfloat16 arrays need PyTorch")
+    rng = np.random.default_rng(15)
+    sizes = [1, 3, 4, 5, 7, 8, 9, 1023, CHUNK - 1, CHUNK + 1, 2 * CHUNK + 3]
+    n = sum(sizes)
+    if pdtype == "float16":
+        to16 = lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+        upload = lambda a: BE.from_numpy(np.asarray(a, np.float32).astype(np.float16))  # noqa: E731
+        download = lambda x: BE.to_numpy(x).astype(np.float32)  # noqa: E731
+    else:
+        to16, upload, download = BE.round_bfloat16, BE.bfloat16_from_numpy, BE.bfloat16_to_numpy
+    init = {
+        "params": to16(rng.standard_normal(n)),
+        "grads": to16(rng.standard_normal(n)),
+        "m": (0.1 * rng.standard_normal(n)).astype(np.float32),
+        "v": (0.01 * np.abs(rng.standard_normal(n)) + 1e-6).astype(np.float32),
+    }
+    # One flat buffer per list, guards around each tensor; offsets in
+    # elements, 4-aligned (float32 16 bytes, 16-bit 8 bytes: the vector path)
+    # or one element off (the scalar path).
+    offsets, pos = [], GUARD
+    for k in sizes:
+        pos = -(-pos // 4) * 4 + (1 if layout == "unaligned" else 0)
+        offsets.append(pos)
+        pos += k + GUARD
+    total = pos + GUARD
+    flats, views = {}, {}
+    for name in LISTS:
+        flat = np.full(total, SENTINEL, np.float32)
+        start = 0
+        for off, k in zip(offsets, sizes):
+            flat[off:off + k] = init[name][start:start + k]
+            start += k
+        flats[name] = upload(flat) if name in ("params", "grads") else BE.from_numpy(flat)
+        views[name] = [BE.view(flats[name], off, (k,)) for off, k in zip(offsets, sizes)]
+    hyper = dict(KERAS_DEFAULTS, step=4, weight_decay=weight_decay)
+    kernels.adam(*[views[name] for name in LISTS], **hyper)
+    BE.synchronize()
+
+    cpu = cpu_adam(init, **hyper)  # float32 on the upcast 16-bit values
+    cpu["params"] = to16(cpu["params"])
+    inside = np.zeros(total, bool)
+    for off, k in zip(offsets, sizes):
+        inside[off:off + k] = True
+    for name in LISTS:
+        after = download(flats[name]) if name in ("params", "grads") else BE.to_numpy(flats[name])
+        assert (after[~inside] == SENTINEL).all(), f"{name}: a write outside its tensors"
+        got = after[inside]
+        want = init["grads"] if name == "grads" else cpu[name]
+        np.testing.assert_array_equal(got, want, err_msg=f"{pdtype} {name}")
+    # And near the float64 reference (16-bit rounding of params).
+    ref = reference_adam(init["params"], init["grads"], init["m"], init["v"], **hyper)
+    p_got = download(flats["params"])[inside]
+    np.testing.assert_allclose(p_got, ref[0], rtol=2**-7 if pdtype == "bfloat16" else 2**-10,
+                               atol=1e-6)
+
+
+@device_only
+def test_16bit_params_need_float32_state():
+    p = [BE.from_numpy(np.ones(8, np.float16))]
+    g = [BE.from_numpy(np.ones(8, np.float16))]
+    m16 = [BE.from_numpy(np.zeros(8, np.float16))]
+    v = [BE.from_numpy(np.zeros(8, np.float32))]
+    with pytest.raises(TypeError, match=r"m\[0\] must have dtype float32 or float64, got float16"):
+        kernels.adam(p, g, m16, v, lr=1e-3, step=1)
+    g32 = [BE.from_numpy(np.ones(8, np.float32))]
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float32 but params\[0\] has float16"):
+        kernels.adam(p, g32, [BE.from_numpy(np.zeros(8, np.float32))], v, lr=1e-3, step=1)
+    m64 = [BE.from_numpy(np.zeros(8, np.float64))]
+    with pytest.raises(TypeError, match=r"m\[0\] has dtype float64 but params\[0\] has float16"):
+        kernels.adam(p, g, m64, v, lr=1e-3, step=1)
+    np.testing.assert_array_equal(BE.to_numpy(p[0]), np.ones(8, np.float16))
 
 
 # ----------------------------------------------------------------------------

@@ -7,7 +7,19 @@
 
 namespace fusedopt {
 
-const char* dtype_name(DType d) { return d == DType::kFloat32 ? "float32" : "float64"; }
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+  }
+  return "?";
+}
 
 namespace {
 

@@ -15,7 +15,9 @@
 namespace fusedopt {
 namespace py = pybind11;
 
-enum class DType { kFloat32, kFloat64 };
+// kFloat16 and kBFloat16 only come from CUDA arrays (cuda_arrays.h), as
+// parameters and gradients with float32 state.
+enum class DType { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 const char* dtype_name(DType d);
 

@@ -20,6 +20,7 @@ constexpr int32_t kDLCUDA = 2;
 constexpr int32_t kDLCUDAManaged = 13;
 constexpr uint8_t kDLInt = 0;
 constexpr uint8_t kDLFloat = 2;
+constexpr uint8_t kDLBfloat = 4;
 constexpr uint64_t kDLFlagReadOnly = 1ull << 0;
 constexpr uint64_t kDLFlagIsCopied = 1ull << 1;
 
@@ -141,7 +142,7 @@ struct RawArray {
   uintptr_t data = 0;
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements; empty: C-contiguous
-  char kind = 0;                 // 'f' float, 'i' signed integer, '?' other
+  char kind = 0;                 // 'f' float, 'b' bfloat, 'i' signed integer, '?' other
   int bits = 0;
   bool readonly = false;
   bool copied = false;
@@ -165,6 +166,7 @@ struct RawArray {
   }
   std::string dtype_str() const {
     if (kind == 'f') return "float" + std::to_string(bits);
+    if (kind == 'b') return "bfloat" + std::to_string(bits);
     if (kind == 'i') return "int" + std::to_string(bits);
     return "an unsupported dtype";
   }
@@ -275,9 +277,11 @@ RawArray from_dlpack(py::handle obj, const std::string& name, uintptr_t stream,
   a.data = reinterpret_cast<uintptr_t>(t->data) + t->byte_offset;
   a.shape.assign(t->shape, t->shape + t->ndim);
   if (t->strides != nullptr) a.strides.assign(t->strides, t->strides + t->ndim);
-  a.kind = t->dtype.lanes != 1 ? '?' : t->dtype.code == kDLFloat ? 'f'
-                                     : t->dtype.code == kDLInt   ? 'i'
-                                                                 : '?';
+  a.kind = t->dtype.lanes != 1            ? '?'
+           : t->dtype.code == kDLFloat  ? 'f'
+           : t->dtype.code == kDLBfloat ? 'b'
+           : t->dtype.code == kDLInt    ? 'i'
+                                        : '?';
   a.bits = t->dtype.bits;
   a.readonly = (flags & kDLFlagReadOnly) != 0;
   a.copied = (flags & kDLFlagIsCopied) != 0;
@@ -355,7 +359,8 @@ void CudaCall::locate(int device, const std::string& name) {
   }
 }
 
-std::vector<HostArray> CudaCall::arrays(py::handle obj, const std::string& arg, bool writable) {
+std::vector<HostArray> CudaCall::arrays(py::handle obj, const std::string& arg, bool writable,
+                                        bool allow_16bit) {
   if (!is_list(obj)) {
     throw py::type_error(arg + " must be a list or tuple of arrays, got " + type_name(obj));
   }
@@ -398,8 +403,15 @@ std::vector<HostArray> CudaCall::arrays(py::handle obj, const std::string& arg, 
       h.dtype = DType::kFloat32;
     } else if (a.kind == 'f' && a.bits == 64) {
       h.dtype = DType::kFloat64;
+    } else if (allow_16bit && a.kind == 'f' && a.bits == 16) {
+      h.dtype = DType::kFloat16;
+    } else if (allow_16bit && a.kind == 'b' && a.bits == 16) {
+      h.dtype = DType::kBFloat16;
     } else {
-      throw py::type_error(name + " must have dtype float32 or float64, got " + a.dtype_str());
+      throw py::type_error(name + " must have dtype " +
+                           (allow_16bit ? "float16, bfloat16, float32 or float64"
+                                        : "float32 or float64") +
+                           ", got " + a.dtype_str());
     }
     if (!a.c_contiguous()) {
       throw py::value_error(name + " must be C-contiguous (shape " + shape_str(a.shape) +

@@ -44,8 +44,10 @@ class CudaCall {
   CudaCall& operator=(const CudaCall&) = delete;
 
   // A list argument of CUDA arrays, each checked: on the call's device,
-  // C-contiguous, float32 or float64, writeable where `writable`.
-  std::vector<HostArray> arrays(py::handle obj, const std::string& arg, bool writable);
+  // C-contiguous, float32 or float64 (also float16 and bfloat16 where
+  // `allow_16bit`), writeable where `writable`.
+  std::vector<HostArray> arrays(py::handle obj, const std::string& arg, bool writable,
+                                bool allow_16bit = false);
 
   // A hyperparameter: nullopt for a host value (check it with check_scalar /
   // check_step), or the device element of a one-element CUDA array (float32 or

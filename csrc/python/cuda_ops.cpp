@@ -42,19 +42,46 @@ Hyper step_hyper(CudaCall& call, py::handle value, const std::string& arg) {
   return h;
 }
 
+// 16-bit parameters and gradients take float32 m and v of their shapes.
+void check_state_layout(const std::vector<HostArray>& params,
+                        const std::vector<const std::vector<HostArray>*>& states,
+                        const std::vector<std::string>& names) {
+  for (size_t l = 0; l < states.size(); ++l) {
+    const auto& list = *states[l];
+    if (list.size() != params.size()) {
+      throw py::value_error(names[l] + " has " + std::to_string(list.size()) +
+                            " arrays but params has " + std::to_string(params.size()) +
+                            "; every list needs one array per parameter");
+    }
+    for (size_t i = 0; i < list.size(); ++i) {
+      if (list[i].dtype != DType::kFloat32) {
+        throw py::type_error(list[i].name + " has dtype " + dtype_name(list[i].dtype) + " but " +
+                             params[i].name + " has " + dtype_name(params[i].dtype) +
+                             "; 16-bit parameters take float32 m and v");
+      }
+      if (list[i].shape != params[i].shape) {
+        throw py::value_error(list[i].name + " and " + params[i].name +
+                              " have different shapes; m[i] and v[i] have the shape of "
+                              "params[i]");
+      }
+    }
+  }
+}
+
 #if defined(FUSEDOPT_WITH_CUDA)
-template <typename T>
+// P: the parameter type of the CUDA driver, S: the state type.
+template <typename P, typename S>
 std::string launch_adam(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                         const std::vector<HostArray>& m, const std::vector<HostArray>& v,
                         const Hyper& lr, const Hyper& beta_1, const Hyper& beta_2,
                         const Hyper& epsilon, const Hyper& step, const Hyper& weight_decay,
                         cuda::Stream stream) {
-  cuda::AdamCudaTensors<T, T> t;
+  cuda::AdamCudaTensors<P, S> t;
   for (size_t i = 0; i < p.size(); ++i) {
-    t.params.push_back(static_cast<T*>(p[i].data));
-    t.grads.push_back(static_cast<const T*>(g[i].data));
-    t.m.push_back(static_cast<T*>(m[i].data));
-    t.v.push_back(static_cast<T*>(v[i].data));
+    t.params.push_back(static_cast<P*>(p[i].data));
+    t.grads.push_back(static_cast<const P*>(g[i].data));
+    t.m.push_back(static_cast<S*>(m[i].data));
+    t.v.push_back(static_cast<S*>(v[i].data));
     t.sizes.push_back(p[i].size);
   }
   cuda::AdamCudaScalars s;
@@ -64,7 +91,7 @@ std::string launch_adam(const std::vector<HostArray>& p, const std::vector<HostA
                                    epsilon.scalar(), step.scalar(), weight_decay.scalar());
   } else {
     // The same scalars as the NumPy path, so both give the same bits.
-    const AdamScalars<T> a = make_adam_scalars<T>(
+    const AdamScalars<S> a = make_adam_scalars<S>(
         lr.host, beta_1.host, beta_2.host, epsilon.host, static_cast<int64_t>(step.host),
         weight_decay.host);
     s = cuda::AdamCudaScalars::Precomputed(
@@ -91,11 +118,18 @@ void adam_cuda_call(py::handle params, py::handle grads, py::handle m, py::handl
                 {params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay}, stream);
   // Every check first, in the NumPy path's order: nothing is launched unless
   // all pass.
-  const auto p_ = call.arrays(params, "params", true);
-  const auto g_ = call.arrays(grads, "grads", false);
+  const auto p_ = call.arrays(params, "params", true, /*allow_16bit=*/true);
+  const auto g_ = call.arrays(grads, "grads", false, /*allow_16bit=*/true);
   const auto m_ = call.arrays(m, "m", true);
   const auto v_ = call.arrays(v, "v", true);
-  check_same_layout(p_, {&g_, &m_, &v_});
+  const DType dtype = p_.empty() ? DType::kFloat32 : p_[0].dtype;
+  const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
+  if (half) {
+    check_same_layout(p_, {&g_});
+    check_state_layout(p_, {&m_, &v_}, {"m", "v"});
+  } else {
+    check_same_layout(p_, {&g_, &m_, &v_});
+  }
   check_no_overlap({&p_, &m_, &v_}, {&g_});
   const Hyper lr_ = real_hyper(call, lr, "lr", 0.0, false, kInf, true);
   const Hyper b1 = real_hyper(call, beta_1, "beta_1", 0.0, false, 1.0, true);
@@ -107,10 +141,21 @@ void adam_cuda_call(py::handle params, py::handle grads, py::handle m, py::handl
   if (p_.empty()) return;
 
 #if defined(FUSEDOPT_WITH_CUDA)
-  const std::string err =
-      p_[0].dtype == DType::kFloat32
-          ? launch_adam<float>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s)
-          : launch_adam<double>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s);
+  std::string err;
+  switch (dtype) {
+    case DType::kFloat32:
+      err = launch_adam<float, float>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s);
+      break;
+    case DType::kFloat64:
+      err = launch_adam<double, double>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s);
+      break;
+    case DType::kFloat16:
+      err = launch_adam<cuda::Float16, float>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s);
+      break;
+    case DType::kBFloat16:
+      err = launch_adam<cuda::BFloat16, float>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, s);
+      break;
+  }
   CudaCall::check(err, "adam on CUDA arrays");
 #else
   (void)s;

@@ -21,6 +21,15 @@ class FusedoptAdamGpuOp : public tf::OpKernel {
  public:
   explicit FusedoptAdamGpuOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
+    // Gradient clipping inside the update is not on the GPU yet: refuse it
+    // rather than silently update with unclipped gradients.
+    if (ctx->HasAttr("clip")) {
+      std::string clip;
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("clip", &clip));
+      OP_REQUIRES(ctx, clip == "none",
+                  tf::errors::Unimplemented("FusedoptAdam on the GPU does not clip gradients "
+                                            "yet (clip='", clip, "'); clip before the op"));
+    }
   }
 
   void Compute(tf::OpKernelContext* ctx) override {

@@ -69,6 +69,10 @@ def adam(
         legacy default stream. Producers' streams are waited for (DLPack's
         ``stream`` argument, ``__cuda_array_interface__``'s ``stream``).
 
+    CUDA arrays may also be float16 or bfloat16 ``params`` and ``grads`` with
+    float32 ``m`` and ``v`` (the rule runs in float32, the new parameters are
+    rounded to nearest).
+
     With CUDA arrays, every hyperparameter may also be a one-element CUDA array
     (float32 or float64; ``step`` also int32 or int64), read by the kernel when
     it runs: no host synchronization, so the step can be captured in a CUDA
