@@ -11,6 +11,7 @@
 #include "cpu/adam_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
+#include "cpu/sgd_cpu.h"
 #include "cpu/stream.h"
 #include "python/arrays.h"
 #include "python/cuda_arrays.h"
@@ -84,6 +85,65 @@ void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   }
 }
 
+template <typename T>
+SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
+                        const std::vector<HostArray>& m) {
+  SgdTensors<T> t;
+  for (size_t i = 0; i < p.size(); ++i) {
+    t.params.push_back(static_cast<T*>(p[i].data));
+    t.grads.push_back(static_cast<const T*>(g[i].data));
+    if (!m.empty()) t.m.push_back(static_cast<T*>(m[i].data));
+    t.sizes.push_back(p[i].size);
+  }
+  return t;
+}
+
+void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
+         py::handle momentum, py::handle nesterov, py::handle weight_decay) {
+  // Validate everything first: nothing is written unless every check passes.
+  const auto p_ = host_arrays(params, "params", true);
+  const auto g_ = host_arrays(grads, "grads", false);
+  const bool has_m = !momentums.is_none();
+  const auto m_ = has_m ? host_arrays(momentums, "momentums", true) : std::vector<HostArray>{};
+  if (has_m) {
+    check_same_layout(p_, {&g_, &m_}, {"grads", "momentums"});
+  } else {
+    check_same_layout(p_, {&g_}, {"grads"});
+  }
+  check_no_overlap({&p_, &m_}, {&g_});
+  const double lr_ = check_scalar(lr, "lr");
+  check_range(lr_, "lr", 0.0, false, kInf, true);
+  const double mom = check_scalar(momentum, "momentum");
+  check_range(mom, "momentum", 0.0, false, 1.0, false);
+  if (!py::isinstance<py::bool_>(nesterov) &&
+      !py::isinstance(nesterov, py::module_::import("numpy").attr("bool_"))) {
+    throw py::type_error("nesterov must be a bool, got " +
+                         std::string(py::str(py::type::handle_of(nesterov).attr("__name__"))));
+  }
+  const bool nesterov_ = nesterov.cast<bool>();
+  const double wd = check_scalar(weight_decay, "weight_decay");
+  check_range(wd, "weight_decay", 0.0, false, kInf, true);
+  if (!has_m && mom != 0.0) {
+    throw py::value_error("momentums is None but momentum is " + std::string(py::repr(momentum)) +
+                          "; pass one momentum buffer per parameter (momentum != 0 needs "
+                          "them)");
+  }
+  if (p_.empty()) return;
+
+  const SgdVariant variant = !has_m     ? SgdVariant::kPlain
+                             : nesterov_ ? SgdVariant::kNesterov
+                                         : SgdVariant::kMomentum;
+  const bool decay = wd != 0.0;
+  py::gil_scoped_release release;
+  if (p_[0].dtype == DType::kFloat32) {
+    sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
+            decay, pool_parallel_for());
+  } else {
+    sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
+            decay, pool_parallel_for());
+  }
+}
+
 py::dict build_info() {
   py::dict info;
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -126,6 +186,11 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
           py::arg("stream") = py::none(),
           "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
+  mod.def("sgd", &sgd, py::arg("params"), py::arg("grads"), py::arg("momentums"),
+          py::kw_only(), py::arg("lr"), py::arg("momentum") = 0.0,
+          py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
+          "Multi-tensor SGD (plain, momentum, Nesterov), in place. See "
+          "fusedopt.kernels.sgd.");
   mod.def("stream_inplace", &stream_inplace, py::arg("data"), py::arg("scale"),
           py::arg("repeats") = 1,
           "Bandwidth probe: data *= scale in place, `repeats` times, on the kernel "

@@ -23,7 +23,7 @@ import numpy as np
 
 from fusedopt import _C
 
-__all__ = ["adam"]
+__all__ = ["adam", "sgd"]
 
 
 def adam(
@@ -82,4 +82,51 @@ def adam(
         params, grads, m, v,
         lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step,
         weight_decay=weight_decay, stream=stream,
+    )
+
+
+def sgd(
+    params: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    momentums: Sequence[np.ndarray] | None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> None:
+    """Multi-tensor SGD step (plain, momentum or Nesterov) with Keras semantics,
+    in place.
+
+    For every element of every ``params[i]``::
+
+        p -= p * weight_decay * lr                 # only if weight_decay != 0
+        # momentums is None (plain SGD):
+        p -= g * lr
+        # otherwise, with m = momentums[i]:
+        m = m * momentum - g * lr
+        p += m                                     # nesterov=False
+        p += m * momentum - g * lr                 # nesterov=True (the new m)
+
+    The operations and their order are those of
+    ``keras.optimizers.SGD.update_step`` (and the weight decay that of every
+    Keras optimizer, applied before the update).
+
+    Args:
+      params, grads: lists (or tuples) of C-contiguous float32 or float64
+        NumPy arrays, one per parameter. ``params`` is updated in place and
+        must be writeable, separate buffers. All arrays share one dtype and
+        ``grads[i]`` has the shape of ``params[i]``.
+      momentums: the momentum buffers (a list like ``params``, updated in
+        place), or None for plain SGD, which keeps no buffer. None requires
+        ``momentum == 0``; buffers given with ``momentum == 0`` are updated
+        (to ``-g * lr``), with the same result for ``params``.
+      lr: learning rate, >= 0.
+      momentum: in [0, 1].
+      nesterov: Nesterov momentum (a bool); ignored when ``momentums`` is None.
+      weight_decay: decoupled weight decay coefficient, >= 0.
+    """
+    _C.sgd(
+        params, grads, momentums,
+        lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
     )
