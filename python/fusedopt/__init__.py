@@ -1,7 +1,7 @@
 """fusedopt: fused multi-tensor optimizer kernels for TensorFlow and Keras.
 
-- `fusedopt.Adam`, `fusedopt.AdamW`: drop-in Keras optimizers whose update
-  step is one fused op over all variables.
+- `fusedopt.Adam`, `fusedopt.AdamW`, `fusedopt.SGD`: drop-in Keras optimizers
+  whose update step is one fused op over all variables.
 - `fusedopt.kernels`: the same kernels on NumPy arrays.
 - `fusedopt.build_info()`: what this build contains.
 """
@@ -9,7 +9,7 @@
 from fusedopt import kernels
 from fusedopt._info import build_info
 from fusedopt._ops import FusedOpsUnavailableWarning
-from fusedopt.optimizers import Adam, AdamW, Optimizer
+from fusedopt.optimizers import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "AdamW",
     "FusedOpsUnavailableWarning",
     "Optimizer",
+    "SGD",
     "build_info",
     "kernels",
 ]
