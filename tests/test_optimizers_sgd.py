@@ -415,3 +415,22 @@ def test_checkpoint_interchanges_with_stock(tmp_path, first, second):
     for m in (model, other):
         m.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     assert_same_state(model, other)
+
+
+def test_slots():
+    fused = train(fusedopt.SGD(learning_rate=0.05, momentum=0.9), epochs=1)
+    opt = fused.optimizer
+    assert opt.get_slot_names() == ["momentum"]
+    kernel = fused.trainable_variables[0]
+    assert opt.get_slot(kernel, "momentum") is opt.momentums[0]
+    with pytest.raises(KeyError, match="momentum"):
+        opt.get_slot(kernel, "velocity")
+    plain = train(fusedopt.SGD(learning_rate=0.05), epochs=1).optimizer
+    assert plain.get_slot_names() == []
+    assert fusedopt.SGD(momentum=0.5).get_slot_names() == ["momentum"]
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan")])
+def test_momentum_out_of_range_is_refused(momentum):
+    with pytest.raises(ValueError, match="momentum"):
+        fusedopt.SGD(momentum=momentum)
