@@ -6,10 +6,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "cpu/adam_cpu.h"
 #include "cpu/isa.h"
+#include "cpu/norm_cpu.h"
 #include "cpu/parallel.h"
 #include "cpu/sgd_cpu.h"
 #include "cpu/stream.h"
@@ -30,6 +33,80 @@ ParallelFor pool_parallel_for() {
   };
 }
 
+// The clip options of kernels.adam / kernels.sgd: at most one of clip_value,
+// clip_norm (per tensor) and global_clip_norm, a finite threshold > 0.
+struct ClipRequest {
+  ClipKind kind = ClipKind::kNone;
+  double threshold = 0.0;
+};
+
+ClipRequest read_clip(py::handle clip_value, py::handle clip_norm,
+                      py::handle global_clip_norm) {
+  const std::pair<const char*, py::handle> options[] = {
+      {"clip_value", clip_value}, {"clip_norm", clip_norm}, {"global_clip_norm", global_clip_norm}};
+  const ClipKind kinds[] = {ClipKind::kValue, ClipKind::kRatio, ClipKind::kScale};
+  ClipRequest request;
+  std::string chosen;
+  for (int i = 0; i < 3; ++i) {
+    if (options[i].second.is_none()) continue;
+    if (request.kind != ClipKind::kNone) {
+      throw py::value_error(std::string("pass at most one of clip_value, clip_norm and "
+                                        "global_clip_norm; got ") + chosen + " and " +
+                            options[i].first);
+    }
+    chosen = options[i].first;
+    request.kind = kinds[i];
+    request.threshold = check_scalar(options[i].second, chosen);
+    check_range(request.threshold, chosen, 0.0, true, kInf, true);
+  }
+  return request;
+}
+
+template <typename T>
+std::vector<double> squared_norms(const std::vector<HostArray>& x) {
+  std::vector<const T*> data;
+  std::vector<int64_t> sizes;
+  for (const HostArray& a : x) {
+    data.push_back(static_cast<const T*>(a.data));
+    sizes.push_back(a.size);
+  }
+  std::vector<double> out(x.size());
+  squared_norms_cpu(data, sizes, out.data(), pool_parallel_for());
+  return out;
+}
+
+// The clip factors for `grads` (kernels/clip.h), computed in double as
+// tf.clip_by_value / tf.clip_by_norm / Keras' clip_by_global_norm define them.
+template <typename T>
+GradClip<T> make_clip(const ClipRequest& request, const std::vector<HostArray>& grads) {
+  GradClip<T> clip;
+  clip.kind = request.kind;
+  const double c = request.threshold;
+  if (request.kind == ClipKind::kValue) {
+    clip.scalars.push_back({static_cast<T>(-c), static_cast<T>(c)});
+  } else if (request.kind == ClipKind::kRatio) {
+    for (double sq : squared_norms<T>(grads)) {
+      clip.scalars.push_back({static_cast<T>(c), static_cast<T>(std::max(std::sqrt(sq), c))});
+    }
+  } else if (request.kind == ClipKind::kScale) {
+    double total = 0.0;
+    for (double sq : squared_norms<T>(grads)) total += sq;
+    const double norm = std::sqrt(total);
+    // A non-finite norm makes the scale NaN, as in Keras.
+    const double scale = c * std::min(1.0 / norm, 1.0 / c) + (norm - norm);
+    clip.scalars.push_back({static_cast<T>(scale), T(0)});
+  }
+  return clip;
+}
+
+void refuse_cuda_clip(const ClipRequest& request) {
+  if (request.kind != ClipKind::kNone) {
+    throw py::value_error(
+        "clip_value / clip_norm / global_clip_norm are not supported on CUDA arrays yet; "
+        "clip the gradients first");
+  }
+}
+
 template <typename T>
 AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                           const std::vector<HostArray>& m, const std::vector<HostArray>& v) {
@@ -46,10 +123,13 @@ AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<Hos
 
 void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
           py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
-          py::handle weight_decay, py::handle stream) {
+          py::handle weight_decay, py::handle clip_value, py::handle clip_norm,
+          py::handle global_clip_norm, py::handle stream) {
+  const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
   // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
   if (is_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
                    stream)) {
+    refuse_cuda_clip(clip);
     adam_cuda_call(params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay,
                    stream);
     return;
@@ -78,10 +158,11 @@ void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   py::gil_scoped_release release;
   if (p_[0].dtype == DType::kFloat32) {
     adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
-             decay, pool_parallel_for());
+             decay, pool_parallel_for(), make_clip<float>(clip, g_));
   } else {
     adam_cpu(adam_views<double>(p_, g_, m_, v_),
-             make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for());
+             make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
+             make_clip<double>(clip, g_));
   }
 }
 
@@ -99,8 +180,10 @@ SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostA
 }
 
 void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
-         py::handle momentum, py::handle nesterov, py::handle weight_decay) {
+         py::handle momentum, py::handle nesterov, py::handle weight_decay,
+         py::handle clip_value, py::handle clip_norm, py::handle global_clip_norm) {
   // Validate everything first: nothing is written unless every check passes.
+  const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
   const auto p_ = host_arrays(params, "params", true);
   const auto g_ = host_arrays(grads, "grads", false);
   const bool has_m = !momentums.is_none();
@@ -137,11 +220,27 @@ void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
   py::gil_scoped_release release;
   if (p_[0].dtype == DType::kFloat32) {
     sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
-            decay, pool_parallel_for());
+            decay, pool_parallel_for(), make_clip<float>(clip, g_));
   } else {
     sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
-            decay, pool_parallel_for());
+            decay, pool_parallel_for(), make_clip<double>(clip, g_));
   }
+}
+
+double global_norm(py::handle arrays) {
+  const auto a = host_arrays(arrays, "arrays", false);
+  for (const HostArray& x : a) {
+    if (x.dtype != a[0].dtype) {
+      throw py::type_error(x.name + " has dtype " + dtype_name(x.dtype) + " but arrays[0] has " +
+                           dtype_name(a[0].dtype) + "; one call takes one dtype");
+    }
+  }
+  if (a.empty()) return 0.0;
+  py::gil_scoped_release release;
+  const auto sums = a[0].dtype == DType::kFloat32 ? squared_norms<float>(a) : squared_norms<double>(a);
+  double total = 0.0;
+  for (double s : sums) total += s;
+  return std::sqrt(total);
 }
 
 py::dict build_info() {
@@ -184,13 +283,19 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("adam", &adam, py::arg("params"), py::arg("grads"), py::arg("m"), py::arg("v"),
           py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
-          py::arg("stream") = py::none(),
+          py::arg("clip_value") = py::none(), py::arg("clip_norm") = py::none(),
+          py::arg("global_clip_norm") = py::none(), py::arg("stream") = py::none(),
           "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
   mod.def("sgd", &sgd, py::arg("params"), py::arg("grads"), py::arg("momentums"),
           py::kw_only(), py::arg("lr"), py::arg("momentum") = 0.0,
           py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
+          py::arg("clip_value") = py::none(), py::arg("clip_norm") = py::none(),
+          py::arg("global_clip_norm") = py::none(),
           "Multi-tensor SGD (plain, momentum, Nesterov), in place. See "
           "fusedopt.kernels.sgd.");
+  mod.def("global_norm", &global_norm, py::arg("arrays"),
+          "sqrt(sum of squares of every element of every array), deterministic. See "
+          "fusedopt.kernels.global_norm.");
   mod.def("stream_inplace", &stream_inplace, py::arg("data"), py::arg("scale"),
           py::arg("repeats") = 1,
           "Bandwidth probe: data *= scale in place, `repeats` times, on the kernel "

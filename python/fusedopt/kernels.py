@@ -23,7 +23,7 @@ import numpy as np
 
 from fusedopt import _C
 
-__all__ = ["adam", "sgd"]
+__all__ = ["adam", "global_norm", "sgd"]
 
 
 def adam(
@@ -38,6 +38,9 @@ def adam(
     epsilon: float = 1e-7,
     step: int,
     weight_decay: float = 0.0,
+    clip_value: float | None = None,
+    clip_norm: float | None = None,
+    global_clip_norm: float | None = None,
     stream=None,
 ) -> None:
     """Multi-tensor Adam/AdamW step with Keras semantics, in place.
@@ -63,6 +66,14 @@ def adam(
       epsilon: >= 0.
       step: the 1-based step number (bias correction).
       weight_decay: decoupled weight decay coefficient, >= 0 (0 = Adam).
+      clip_value, clip_norm, global_clip_norm: at most one, a threshold > 0;
+        the gradients are clipped inside the update pass (the arrays in
+        ``grads`` are not modified): ``clip_value=c`` clips every element to
+        [-c, c]; ``clip_norm=c`` scales each ``grads[i]`` by
+        ``c / max(||grads[i]||, c)``; ``global_clip_norm=c`` scales all by
+        ``c / max(global_norm(grads), c)`` (NaN if that norm is not finite,
+        as in Keras). The norms take one extra read of the gradients.
+        NumPy arrays only, for now.
       stream: CUDA arrays only: the stream to run on, as a
         ``torch.cuda.Stream``, ``cupy.cuda.Stream``, an object with
         ``__cuda_stream__``, or a ``cudaStream_t`` handle as int; None is the
@@ -81,7 +92,8 @@ def adam(
     _C.adam(
         params, grads, m, v,
         lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step,
-        weight_decay=weight_decay, stream=stream,
+        weight_decay=weight_decay, clip_value=clip_value, clip_norm=clip_norm,
+        global_clip_norm=global_clip_norm, stream=stream,
     )
 
 
@@ -94,6 +106,9 @@ def sgd(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    clip_value: float | None = None,
+    clip_norm: float | None = None,
+    global_clip_norm: float | None = None,
 ) -> None:
     """Multi-tensor SGD step (plain, momentum or Nesterov) with Keras semantics,
     in place.
@@ -125,8 +140,27 @@ def sgd(
       momentum: in [0, 1].
       nesterov: Nesterov momentum (a bool); ignored when ``momentums`` is None.
       weight_decay: decoupled weight decay coefficient, >= 0.
+      clip_value, clip_norm, global_clip_norm: at most one, a threshold > 0;
+        the gradients are clipped inside the update pass (the arrays in
+        ``grads`` are not modified): ``clip_value=c`` clips every element to
+        [-c, c]; ``clip_norm=c`` scales each ``grads[i]`` by
+        ``c / max(||grads[i]||, c)``; ``global_clip_norm=c`` scales all by
+        ``c / max(global_norm(grads), c)`` (NaN if that norm is not finite,
+        as in Keras). The norms take one extra read of the gradients.
     """
     _C.sgd(
         params, grads, momentums,
         lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        clip_value=clip_value, clip_norm=clip_norm, global_clip_norm=global_clip_norm,
     )
+
+
+def global_norm(arrays: Sequence[np.ndarray]) -> float:
+    """sqrt of the sum of squares of every element of every array.
+
+    One multi-threaded pass, accumulated in float64 in a fixed order: the same
+    inputs give the same result whatever the thread count or CPU. ``arrays``
+    is a list (or tuple) of C-contiguous float32 or float64 NumPy arrays of one
+    dtype; an empty list gives 0.0.
+    """
+    return _C.global_norm(arrays)
