@@ -151,6 +151,8 @@ class Runner:
       note: a short remark for the report (e.g. which path ran).
       after_warmup: optional callable returning a note, called once after the
         warm-up (e.g. to read ``opt.fused_paths`` once the step is traced).
+      cleanup: optional callable run after the case, to release what outlives
+        the runner (e.g. entries in TensorFlow's global gradient registry).
     """
 
     steps: list[Callable[[], object]]
@@ -158,6 +160,7 @@ class Runner:
     clock: Callable[[], tuple[Callable[[], None], Callable[[], float]]] | None = None
     note: str = ""
     after_warmup: Callable[[], str] | None = None
+    cleanup: Callable[[], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,7 @@ def case_record(case: Case, m: Measurement, floors: dict) -> dict:
         "copies": m.copies,
         "cache": m.cache,
         "loadavg": m.loadavg,
+        "rss_bytes": m.rss_bytes,
         "samples": len(m.times_s),
         "times_s": m.times_s,
         "median_s": None, "min_s": None, "max_s": None, "params_per_s": None,

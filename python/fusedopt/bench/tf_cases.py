@@ -61,9 +61,36 @@ def _first_call_guard(step, what: str):
     return call
 
 
+def _custom_gradient_releaser():
+    """Returns a function that drops the custom gradients registered from now on.
+
+    Keras' ``apply`` in a traced step all-reduces the gradients through
+    ``tf.custom_gradient``, which in graph mode registers a gradient function
+    in TensorFlow's process-wide registry. That function holds the traced
+    graph, and with it every variable the step captured: without this, each
+    Keras case would keep its tensors (hundreds of MB) until the process ends.
+    """
+    try:
+        from tensorflow.python.framework import ops
+
+        registry = ops._gradient_registry._registry
+    except AttributeError:  # another TF layout: nothing to release
+        return lambda: None
+    before = set(registry)
+
+    def release():
+        for key in [k for k in registry if k not in before]:
+            if key.startswith("CustomGradient-"):
+                del registry[key]
+
+    return release
+
+
 def _keras_runner(case: Case, optimizer_class, *, jit_compile: bool) -> Runner:
     import keras
     import tensorflow as tf
+
+    release = _custom_gradient_releaser()
 
     params, grads = _random_arrays(case, seed=0)
     with tf.device(_DEVICE):
@@ -91,7 +118,7 @@ def _keras_runner(case: Case, optimizer_class, *, jit_compile: bool) -> Runner:
 
     if jit_compile:
         step = _first_call_guard(step, "XLA (jit_compile=True) unavailable")
-    return Runner([step], after_warmup=fused_paths_note)
+    return Runner([step], after_warmup=fused_paths_note, cleanup=release)
 
 
 def _fusedopt_class(case: Case):

@@ -63,6 +63,7 @@ class Measurement:
     copies: int = 0
     cache: str = ""  # "none", "rotate", "rotate+evict", "evict" or "warm"
     loadavg: list | None = None
+    rss_bytes: int | None = None  # the process's resident memory after the case
     error: str | None = None  # traceback, for status "error"
 
 
@@ -153,7 +154,18 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
     finally:
         if gc_was_enabled:
             gc.enable()
+        if runner is not None and runner.cleanup is not None:
+            runner.cleanup()
         runner = steps = None  # free the tensors before the next case
         gc.collect()
     result.loadavg = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result.rss_bytes = _rss_bytes()
     return result
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
