@@ -293,8 +293,9 @@ def main(argv=None) -> int:
         document["machine"]["gpus"] = machine.gpu_info()
 
     floors, notes = {}, []
-    if "cpu" in devices:
-        floors["cpu"] = floor_mod.measure_cpu_floor()
+    cpu_floor = floor_mod.CpuFloor() if "cpu" in devices else None
+    if cpu_floor is not None:
+        cpu_floor.probe(7, "start")
     if "cuda" in devices:
         cuda_floor = floor_mod.measure_cuda_floor()
         if cuda_floor is None:
@@ -304,18 +305,22 @@ def main(argv=None) -> int:
     evictors = ({} if args.warm_cache
                 else {device: _evictor(device, llc) for device in devices})
 
-    measurements = []
+    measurements, probe_gbps, group = [], None, None
     with _Progress(len(cases)) as progress:
         for case in cases:
             progress.starting(case.name)
+            if cpu_floor is not None and case.impl.device == "cpu" and case.group != group:
+                # A short probe per group: the floor is the best sample of the run.
+                group, probe_gbps = case.group, cpu_floor.probe(3, case.group)
             m = measure(case, settings, evictors.get(case.impl.device))
-            measurements.append((case, m))
+            measurements.append((case, m, probe_gbps if case.impl.device == "cpu" else None))
             progress.finished(case.name, _outcome(m))
     evictors.clear()
-    if "cpu" in floors:  # pool with a second probe to see drift over the run
-        floors["cpu"] = floor_mod.merge_floors(floors["cpu"], floor_mod.measure_cpu_floor())
+    if cpu_floor is not None:
+        cpu_floor.probe(7, "end")
+        floors["cpu"] = cpu_floor.summary()
 
-    records = [report.case_record(c, m, floors) for c, m in measurements]
+    records = [report.case_record(c, m, floors, probe) for c, m, probe in measurements]
     report.add_speedups(records)
     document["targets"] = targets.evaluate(records)
     document.update(floor=floors, notes=notes, cases=records,

@@ -5,7 +5,8 @@ Per case (see bench/README.md for the column meanings):
 - ``median_s``, ``min_s``, ``max_s``: over the timed samples of one step;
 - ``params_per_s``: parameters updated per second at the median;
 - ``gbps``: the bytes the step must move (``bytes_moved``) over the median time;
-- ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth;
+- ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth
+  (the best probe sample of the run);
 - ``pct_floor``: ``100 * floor_s / median_s`` (100 = at the memory floor);
 - ``speedup``: for fusedopt's implementations, each baseline's median over
   this case's median, for the baselines that ran on the same work (optimizer,
@@ -32,8 +33,13 @@ CSV_FIELDS = [
 ]
 
 
-def case_record(case: Case, m: Measurement, floors: dict) -> dict:
-    """One case's JSON record: what ran, every raw timing, and the statistics."""
+def case_record(case: Case, m: Measurement, floors: dict,
+                probe_gbps: float | None = None) -> dict:
+    """One case's JSON record: what ran, every raw timing, and the statistics.
+
+    ``probe_gbps``: the streaming probe's median just before the case's group
+    (how fast memory was then, for judging noise; the floor is the run's best).
+    """
     record = {
         "name": case.name,
         "optimizer": case.optimizer.name,
@@ -57,6 +63,7 @@ def case_record(case: Case, m: Measurement, floors: dict) -> dict:
         "cache": m.cache,
         "loadavg": m.loadavg,
         "rss_bytes": m.rss_bytes,
+        "probe_gbps": probe_gbps,
         "samples": len(m.times_s),
         "times_s": m.times_s,
         "median_s": None, "min_s": None, "max_s": None, "params_per_s": None,
