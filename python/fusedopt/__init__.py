@@ -1,23 +1,45 @@
 """fusedopt: fused multi-tensor optimizer kernels for TensorFlow and Keras.
 
 - `fusedopt.Adam`, `fusedopt.AdamW`, `fusedopt.SGD`: drop-in Keras optimizers
-  whose update step is one fused op over all variables.
-- `fusedopt.kernels`: the same kernels on NumPy arrays.
+  whose update step is one fused op over all variables (need TensorFlow).
+- `fusedopt.transformers`: gradient transformers (clip by value / norm /
+  global norm) that the optimizers fold into their fused kernels.
+- `fusedopt.kernels`: the same kernels on NumPy (and CUDA) arrays; works
+  without TensorFlow.
 - `fusedopt.build_info()`: what this build contains.
 """
 
 from fusedopt import kernels
 from fusedopt._info import build_info
 from fusedopt._ops import FusedOpsUnavailableWarning
-from fusedopt.optimizers import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
 
-# Load (or refuse, with a warning) the TF op library now rather than at the
-# first training step.
-from fusedopt import _ops as _ops_module
+_TF_NAMES = ("Adam", "AdamW", "SGD", "Optimizer", "transformers", "hyperparameters")
 
-_ops_module.library()
+try:
+    import tensorflow as _tf  # noqa: F401
+except ImportError:
+    _tf = None
+
+if _tf is not None:
+    from fusedopt import hyperparameters, transformers
+    from fusedopt.optimizers import SGD, Adam, AdamW, Optimizer
+
+    # Load (or refuse, with a warning) the TF op library now rather than at
+    # the first training step.
+    from fusedopt import _ops as _ops_module
+
+    _ops_module.library()
+else:
+    def __getattr__(name):
+        if name in _TF_NAMES:
+            raise ImportError(
+                f"fusedopt.{name} needs TensorFlow and Keras (pip install 'tensorflow>=2.21,<2.22'); "
+                "fusedopt.kernels works without them"
+            )
+        raise AttributeError(f"module 'fusedopt' has no attribute {name!r}")
+
 __all__ = [
     "Adam",
     "AdamW",
@@ -25,5 +47,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "build_info",
+    "hyperparameters",
     "kernels",
+    "transformers",
 ]
