@@ -151,6 +151,28 @@ def test_stock_norm_clipping_then_fused_update_is_bit_exact(variant, case, run_e
     assert_same_state(fused, stock)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(global_clipnorm=0.1),
+    dict(global_clipnorm=0.1, gradient_transformers=[_keep]),
+    dict(gradient_accumulation_steps=3),
+    dict(loss_scale_factor=3.0, momentum=0.9),
+    dict(clipnorm=0.1, nesterov=True, momentum=0.9),
+], ids=["global_clipnorm", "global_clipnorm_stock_clip", "accumulation", "loss_scale",
+        "clipnorm"])
+def test_products_rewritten_by_grappler_still_take_one_op(kwargs):
+    """Folding Grappler's scalar product into the learning rate keeps one op
+    call for all variables (one scalar for all)."""
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    model.compile(optimizer=fusedopt.SGD(learning_rate=0.05, **kwargs), loss="mse")
+    x, y = make_data(32)
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    ops = [op for g in [graph] + [f.graph for f in graph._functions.values()]
+           for op in fused_ops(g)]
+    assert len(ops) == 1, [op.name for op in ops]
+    assert_all_fused(model.optimizer)
+
+
 @pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
 def test_single_variable_with_schedule(run_eagerly):
     """One variable: the schedule's learning rate tensor has one consumer."""

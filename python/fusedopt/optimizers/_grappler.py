@@ -53,7 +53,7 @@ class _Leaf:
         if self.reciprocal:
             value = tf.get_static_value(self.tensor)
             return ("1/", self.tensor.dtype.name, value.shape, value.tobytes())
-        return ("t", id(self.tensor))
+        return ("t", self.tensor.name)
 
     def build(self, lr):
         if self.tensor is None:

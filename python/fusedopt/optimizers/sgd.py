@@ -89,10 +89,11 @@ class SGD(Optimizer, keras.optimizers.SGD):
         # The gradient clipped by value or by norm is not such a product.
         # One op call per distinct scalar, so that each rounds like the stock
         # code.
+        scales = (tf.reshape(args, []),) if kind == "scale" else ()
         calls = {}
         for grad, var in zip(grads, variables):
             if kind == "scale":
-                product = _grappler.product_of(grad, scales=(tf.reshape(args, []),))
+                product = _grappler.product_of(grad, scales=scales)
             elif kind == "none":
                 product = _grappler.product_of(grad)
             else:
