@@ -310,7 +310,7 @@ def main(argv=None) -> int:
         for case in cases:
             progress.starting(case.name)
             if cpu_floor is not None and case.impl.device == "cpu" and case.group != group:
-                # A short probe per group: the floor is the best sample of the run.
+                # A short probe per group: the floor pools the samples of the whole run.
                 group, probe_gbps = case.group, cpu_floor.probe(3, case.group)
             m = measure(case, settings, evictors.get(case.impl.device))
             measurements.append((case, m, probe_gbps if case.impl.device == "cpu" else None))

@@ -6,7 +6,7 @@ Per case (see bench/README.md for the column meanings):
 - ``params_per_s``: parameters updated per second at the median;
 - ``gbps``: the bytes the step must move (``bytes_moved``) over the median time;
 - ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth
-  (the best probe sample of the run);
+  (the median of the probe samples taken throughout the run);
 - ``pct_floor``: ``100 * floor_s / median_s`` (100 = at the memory floor);
 - ``speedup``: for fusedopt's implementations, each baseline's median over
   this case's median, for the baselines that ran on the same work (optimizer,
@@ -38,7 +38,7 @@ def case_record(case: Case, m: Measurement, floors: dict,
     """One case's JSON record: what ran, every raw timing, and the statistics.
 
     ``probe_gbps``: the streaming probe's median just before the case's group
-    (how fast memory was then, for judging noise; the floor is the run's best).
+    (how fast memory was then, for judging noise; the floor pools the run).
     """
     record = {
         "name": case.name,
