@@ -163,22 +163,16 @@ def select_cases(args, preset: Preset):
     return [c for c in cases if matches(c.name, args.filter)]
 
 
-def _stderr_console():
-    try:
-        from rich.console import Console
-    except ImportError:
-        return None
-    return Console(stderr=True)
-
-
 class _Progress:
-    """A rich progress bar on stderr when it is a terminal; plain lines otherwise."""
+    """A rich progress bar on stderr when it is a terminal; a line per case otherwise."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
-        console = _stderr_console()
+        from rich.console import Console
+
+        console = Console(stderr=True)
         self._bar = None
-        if console is not None and console.is_terminal:
+        if console.is_terminal:
             from rich.progress import (
                 BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
             )

@@ -152,7 +152,8 @@ def _torch_runner(torch, case: Case, copies: int, device: str, **flags) -> Runne
 
         steps.append(step)
     if device == "cuda":
-        return Runner(steps, sync=torch.cuda.synchronize, clock=functools.partial(_cuda_events, torch))
+        return Runner(steps, sync=torch.cuda.synchronize,
+                      clock=functools.partial(_cuda_events, torch))
     return Runner(steps)
 
 

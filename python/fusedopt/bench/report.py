@@ -216,29 +216,16 @@ def markdown(records: list[dict], floors: dict) -> str:
 
 
 def print_report(records: list[dict], floors: dict, console=None) -> None:
-    """The table on stdout (rich when installed, plain text otherwise)."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        Console = None
-
-    if Console is None:
-        for title, header, rows, _ in table_sections(records, floors):
-            print(f"\n{title}")
-            widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-            for row in [header, *rows]:
-                print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)).rstrip())
-        for line in not_run_summary(records):
-            print(line)
-        return
+    """The tables on stdout with rich (a dependency of Keras, so always there)."""
+    from rich.console import Console
+    from rich.table import Table
 
     console = console or Console(width=None if _is_terminal() else 200)
     for title, header, rows, styles in table_sections(records, floors):
         table = Table(title=title, title_justify="left")
         for i, name in enumerate(header):
             table.add_column(name, justify="left" if i in (0, 1) or name == "note" else "right")
-        for row, style in zip(rows, styles):
+        for row, style in zip(rows, styles, strict=True):
             table.add_row(*row, style=style)
         console.print(table)
     for line in not_run_summary(records):

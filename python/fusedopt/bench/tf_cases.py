@@ -193,14 +193,14 @@ def tf_raw_step(case: Case, copies: int) -> Runner:
                 epsilon = tf.constant(kw.get("epsilon", 1e-7), dtype)
                 t = tf.cast(iterations + 1, dtype)
                 beta_1_power, beta_2_power = tf.pow(beta_1, t), tf.pow(beta_2, t)
-                for p, g, m, v in zip(variables, gs, *slots):
+                for p, g, m, v in zip(variables, gs, *slots, strict=True):
                     tf.raw_ops.ResourceApplyAdam(
                         var=p.handle, m=m.handle, v=v.handle,
                         beta1_power=beta_1_power, beta2_power=beta_2_power,
                         lr=lr, beta1=beta_1, beta2=beta_2, epsilon=epsilon, grad=g)
             else:
                 momentum = tf.constant(kw.get("momentum", 0.0), dtype)
-                for p, g, m in zip(variables, gs, *slots):
+                for p, g, m in zip(variables, gs, *slots, strict=True):
                     tf.raw_ops.ResourceApplyKerasMomentum(
                         var=p.handle, accum=m.handle, lr=lr, grad=g, momentum=momentum,
                         use_nesterov=kw.get("nesterov", False))
