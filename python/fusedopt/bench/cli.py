@@ -214,8 +214,10 @@ def _outcome(m) -> str:
 def _keep_tensorflow_off_the_gpu() -> None:
     """The TF cases run on the CPU. Hide GPUs from TensorFlow before it starts,
     or it would reserve most of the GPU's memory that the CUDA cases need."""
-    import tensorflow as tf
-
+    try:
+        import tensorflow as tf
+    except ImportError:  # no TF: its cases skip
+        return
     try:
         tf.config.set_visible_devices([], "GPU")
     except (RuntimeError, ValueError):  # TF already started: nothing to do

@@ -30,6 +30,16 @@ from fusedopt.bench.cases import Case, Runner, Skip, implementation, random_norm
 _DEVICE = "/CPU:0"
 
 
+def _tf():
+    """(tensorflow, keras), or Skip when they are not installed."""
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError as e:
+        raise Skip(f"TensorFlow/Keras is not installed ({e})") from None
+    return tf, keras
+
+
 def _random_arrays(case: Case, seed: int):
     """Parameters ~ N(0, 1) and gradients ~ N(0, 0.01²), never zeros."""
     rng = np.random.default_rng(seed)
@@ -87,9 +97,7 @@ def _custom_gradient_releaser():
 
 
 def _keras_runner(case: Case, optimizer_class, *, jit_compile: bool) -> Runner:
-    import keras
-    import tensorflow as tf
-
+    tf, keras = _tf()
     release = _custom_gradient_releaser()
 
     params, grads = _random_arrays(case, seed=0)
@@ -124,6 +132,7 @@ def _keras_runner(case: Case, optimizer_class, *, jit_compile: bool) -> Runner:
 def _fusedopt_class(case: Case):
     import fusedopt
 
+    _tf()
     cls = getattr(fusedopt, case.optimizer.keras_class, None)
     if cls is None:
         raise Skip(f"fusedopt.{case.optimizer.keras_class} does not exist in this version")
@@ -145,8 +154,7 @@ def fusedopt_xla_step(case: Case, copies: int) -> Runner:
 @implementation("keras",
                 description="keras.optimizers.<Optimizer>.apply(grads, vars) in a tf.function")
 def keras_step(case: Case, copies: int) -> Runner:
-    import keras
-
+    _, keras = _tf()
     return _keras_runner(case, getattr(keras.optimizers, case.optimizer.keras_class),
                          jit_compile=False)
 
@@ -154,8 +162,7 @@ def keras_step(case: Case, copies: int) -> Runner:
 @implementation("keras-xla",
                 description="keras.optimizers.<Optimizer>.apply in tf.function(jit_compile=True)")
 def keras_xla_step(case: Case, copies: int) -> Runner:
-    import keras
-
+    _, keras = _tf()
     return _keras_runner(case, getattr(keras.optimizers, case.optimizer.keras_class),
                          jit_compile=True)
 
@@ -163,8 +170,7 @@ def keras_xla_step(case: Case, copies: int) -> Runner:
 @implementation("tf-raw",
                 description="tf.raw_ops.ResourceApply* once per variable in a tf.function")
 def tf_raw_step(case: Case, copies: int) -> Runner:
-    import tensorflow as tf
-
+    tf, _ = _tf()
     spec = case.optimizer
     kw = spec.kwargs
     if spec.keras_class not in ("Adam", "SGD"):
