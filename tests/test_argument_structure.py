@@ -368,3 +368,14 @@ def test_article_example_3():
     model.fit(X_train, y_train, epochs=21, callbacks=[lr_callback], verbose=0)
     assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.0025)
     assert set(optimizer.fused_paths.values()) == {"fused"}
+
+
+def test_plain_tf_variables_are_reported_and_named():
+    variables = [tf.Variable(np.full(4, 1.0 + i, np.float32)) for i in range(3)]
+    grads = [tf.constant(np.full(4, 0.5, np.float32)) for _ in variables]
+    opt = fusedopt.Adam(clipnorm=1.0)
+    opt.apply(grads, variables)
+    assert opt.fused_paths == {f"Variable:0[{i}]": "fused" for i in range(3)}
+    bad = fusedopt.Adam(gradient_transformers=[_reshape])
+    with pytest.raises(ValueError, match="gradient of shape .* for variable 'Variable:0'"):
+        bad.apply(grads, variables)

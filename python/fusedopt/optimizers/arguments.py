@@ -48,6 +48,11 @@ class _Hyperparameter:
         obj.__dict__.setdefault("_hyper_raw", {})[self.name] = value
 
 
+def _label(var) -> str:
+    """A variable's name for messages: its Keras path, or its TF name."""
+    return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
+
+
 def _transformer_name(fn) -> str:
     return getattr(fn, "__name__", None) or repr(fn)
 
@@ -191,8 +196,8 @@ class ArgumentStructure:
                 if new_var is not var:
                     raise ValueError(
                         f"gradient transformer {name} returned variable "
-                        f"{getattr(new_var, 'path', new_var)!r} at position {i} where "
-                        f"{var.path!r} was; it must keep the variables and their order"
+                        f"{_label(new_var)!r} at position {i} where "
+                        f"{_label(var)!r} was; it must keep the variables and their order"
                     )
                 self._check_transformed_gradient(name, grad, old_grad, var)
             pairs = [(g, v) for g, v in result]
@@ -201,7 +206,7 @@ class ArgumentStructure:
     @staticmethod
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
-            raise ValueError(f"gradient transformer {name} returned None for variable {var.path!r}")
+            raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
         if isinstance(grad, tf.IndexedSlices):
             shape = tf.TensorShape(tf.get_static_value(grad.dense_shape))
         elif tf.is_tensor(grad) or hp.is_variable(grad):
@@ -209,18 +214,18 @@ class ArgumentStructure:
         else:
             raise TypeError(
                 f"gradient transformer {name} returned a {type(grad).__name__} for variable "
-                f"{var.path!r}; expected a tensor"
+                f"{_label(var)!r}; expected a tensor"
             )
         if shape.rank is not None and not shape.is_compatible_with(tuple(var.shape)):
             raise ValueError(
                 f"gradient transformer {name} returned a gradient of shape {shape} for "
-                f"variable {var.path!r} of shape {tuple(var.shape)}"
+                f"variable {_label(var)!r} of shape {tuple(var.shape)}"
             )
         dtype = tf.as_dtype(grad.dtype)
         if dtype not in (tf.as_dtype(var.dtype), tf.as_dtype(old_grad.dtype)):
             raise ValueError(
                 f"gradient transformer {name} returned a {dtype.name} gradient for variable "
-                f"{var.path!r} of dtype {tf.as_dtype(var.dtype).name}"
+                f"{_label(var)!r} of dtype {tf.as_dtype(var.dtype).name}"
             )
 
     # ------------------------------------------------------------------ state
@@ -254,11 +259,11 @@ class ArgumentStructure:
             raise ValueError(f"{type(self).__name__} is not built yet: no slots exist")
         key = self._var_key(var)
         if key not in self._trainable_variables_indices:
-            raise KeyError(f"{getattr(var, 'path', var)!r} is not a variable of this optimizer")
+            raise KeyError(f"{_label(var)!r} is not a variable of this optimizer")
         slots = getattr(self, self._slot_attributes()[slot_name])
         slot = slots[self._get_variable_index(var)]
         if slot is None:
-            raise KeyError(f"variable {getattr(var, 'path', var)!r} has no {slot_name!r} slot")
+            raise KeyError(f"variable {_label(var)!r} has no {slot_name!r} slot")
         return slot
 
     # ----------------------------------------------------------------- config

@@ -212,9 +212,11 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         self._fused_paths = paths
 
     def _path(self, variable) -> str:
-        """The Keras path ("dense/kernel") of a model variable's tf.Variable."""
-        tracked = self._trainable_variables[self._get_variable_index(variable)]
-        return getattr(tracked, "path", tracked.name)
+        """The Keras path ("dense/kernel") of a model variable's tf.Variable;
+        for plain tf.Variables (whose names may repeat), name[index]."""
+        index = self._get_variable_index(variable)
+        tracked = self._trainable_variables[index]
+        return getattr(tracked, "path", None) or f"{tracked.name}[{index}]"
 
     def _slot(self, slots, variable):
         """The tf.Variable of `variable`'s slot in the Keras list `slots`."""
