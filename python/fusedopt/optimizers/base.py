@@ -167,7 +167,7 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         if var.dtype not in _FUSED_DTYPES:
             return f"dtype {var.dtype.name} (fused: float32, float64)"
         if "GPU" in var.device.upper():
-            return "variable on a GPU (no GPU kernel in this build)"
+            return "variable on a GPU (the GPU kernels are not verified on a GPU yet)"
         return None
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
