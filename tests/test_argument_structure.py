@@ -13,8 +13,8 @@ import keras
 import fusedopt
 from fusedopt import transformers as T
 
-from test_optimizers_adam import (assert_close_state, assert_same_state, make_data, make_model,
-                                  state, train)
+from training import (assert_close_state, assert_same_state, make_data, make_model, state,
+                      train)
 
 
 def op_types(model, x, y):
