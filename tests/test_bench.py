@@ -82,6 +82,35 @@ def test_cli_quick_tiny_grid_writes_documented_outputs(tmp_path, capsys):
     assert "| shape | impl | median ms |" in out and "| 3x1K | fusedopt |" in out
 
 
+def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
+    # TF cases run 3 steps per tf.function call (XLA included); the raw kernel
+    # runs one and says so.
+    proc = run_cli("--shapes", "2x1K", "--optimizers", "adam", "--dtypes", "float32",
+                   "--impls", "fusedopt,keras,keras-xla,tf-raw,kernels", "--repeats", "3",
+                   "--warmup", "1", "--steps-per-call", "3", "--out", str(tmp_path),
+                   "--name", "looped", "--no-plot")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 steps per call" in proc.stdout
+    doc = json.loads((tmp_path / "looped.json").read_text())
+    assert doc["settings"]["steps_per_call"] == 3
+    by_impl = {c["impl"]: c for c in doc["cases"]}
+    for impl in ("fusedopt", "keras", "keras-xla", "tf-raw"):
+        case = by_impl[impl]
+        assert case["steps_per_call"] == 3, impl
+        if case["status"] == "skipped":  # keras-xla without an XLA JIT
+            continue
+        assert case["status"] == "ok", (impl, case["note"])
+        assert len(case["times_s"]) == 3
+    assert by_impl["fusedopt"]["note"] == "fused 2/2"
+    assert by_impl["kernels"]["steps_per_call"] == 1
+    with open(tmp_path / "looped.csv", newline="") as f:
+        rows = {r["impl"]: r for r in csv.DictReader(f)}
+    assert rows["fusedopt"]["steps_per_call"] == "3"
+    assert cli.build_parser().parse_args([]).steps_per_call == 1
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--steps-per-call", "0"])
+
+
 def test_list_and_filter(capsys):
     assert cli.main(["--list", "--filter", "adam/float32/20x1M/*",
                      "--filter", "300x256/tf-raw"]) == 0

@@ -153,6 +153,9 @@ class Runner:
         warm-up (e.g. to read ``opt.fused_paths`` once the step is traced).
       cleanup: optional callable run after the case, to release what outlives
         the runner (e.g. entries in TensorFlow's global gradient registry).
+      steps_per_call: optimizer steps one call of a step function performs
+        (``case.steps_per_call`` where the implementation loops, else 1); the
+        timer divides each sample by it.
     """
 
     steps: list[Callable[[], object]]
@@ -161,6 +164,7 @@ class Runner:
     note: str = ""
     after_warmup: Callable[[], str] | None = None
     cleanup: Callable[[], None] | None = None
+    steps_per_call: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +215,18 @@ def implementation(name, *, device="cpu", ours=False, description="", max_copies
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One implementation on one (optimizer, dtype, shape)."""
+    """One implementation on one (optimizer, dtype, shape).
+
+    ``steps_per_call``: optimizer steps the implementation is asked to run in
+    one timed call (``--steps-per-call``; TF cases loop inside their
+    ``tf.function``, the others run one). Not part of the name.
+    """
 
     optimizer: OptimizerSpec
     dtype: str
     shape: Shape
     impl: Implementation
+    steps_per_call: int = 1
 
     @property
     def name(self) -> str:

@@ -7,6 +7,7 @@ Usage examples::
     fusedopt-bench --filter 'adam/float32/*' --filter tf-raw --repeats 50
     fusedopt-bench --shapes 64x16K --optimizers adam,sgd --dtypes float32,float64
     fusedopt-bench --list                        # the cases, without running them
+    fusedopt-bench --quick --steps-per-call 20   # TF cases: 20 steps per tf.function call
 
 See bench/README.md for what each column means.
 """
@@ -83,6 +84,13 @@ def _csv_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusedopt-bench",
@@ -118,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm-cache", action="store_true",
                         help="no rotating buffers or cache eviction: time repeated steps on "
                         "one copy of the tensors (small cases then run from the cache)")
+    parser.add_argument("--steps-per-call", type=_positive_int, default=1, metavar="N",
+                        help="TF cases run N optimizer steps in a tf.range loop inside one "
+                        "tf.function call and report the call time / N, as model.fit's "
+                        "steps_per_execution does: the per-call cost of passing every "
+                        "captured tensor is paid once per N steps (default 1; the other "
+                        "cases run one step per call)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--out", metavar="DIR",
                         help="write PREFIX.json, PREFIX.csv and PREFIX.png into DIR")
@@ -160,7 +174,9 @@ def select_cases(args, preset: Preset):
             raise SystemExit(f"fusedopt-bench: unknown implementation {name!r} "
                              f"(known: {', '.join(IMPLEMENTATIONS)})")
     cases = [case for o, d, shapes in grid for case in make_cases([(o, d)], shapes, impls)]
-    return [c for c in cases if matches(c.name, args.filter)]
+    n = getattr(args, "steps_per_call", 1)
+    return [dataclasses.replace(c, steps_per_call=n) if n != 1 else c
+            for c in cases if matches(c.name, args.filter)]
 
 
 class _Progress:
@@ -278,6 +294,7 @@ def main(argv=None) -> int:
         "command": ["fusedopt-bench", *(sys.argv[1:] if argv is None else argv)],
         "settings": {**dataclasses.asdict(settings), "quick": args.quick,
                      "warm_cache": args.warm_cache, "filter": args.filter,
+                     "steps_per_call": args.steps_per_call,
                      "cases_selected": len(cases)},
         "machine": machine.machine_info(),
         "versions": machine.versions(),

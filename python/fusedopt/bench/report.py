@@ -2,7 +2,8 @@
 
 Per case (see bench/README.md for the column meanings):
 
-- ``median_s``, ``min_s``, ``max_s``: over the timed samples of one step;
+- ``median_s``, ``min_s``, ``max_s``: over the timed samples of one step
+  (a timed call divided by ``steps_per_call``, the steps it ran);
 - ``params_per_s``: parameters updated per second at the median;
 - ``gbps``: the bytes the step must move (``bytes_moved``) over the median time;
 - ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth
@@ -29,7 +30,7 @@ CSV_FIELDS = [
     "name", "optimizer", "dtype", "shape", "n_tensors", "tensor_size", "params", "impl",
     "device", "ours", "status", "median_s", "min_s", "max_s", "samples", "params_per_s",
     "gbps", "bytes_per_param", "bytes_moved", "floor_s", "pct_floor", "first_call_s",
-    "copies", "cache", "note",
+    "copies", "cache", "steps_per_call", "note",
 ]
 
 
@@ -61,6 +62,9 @@ def case_record(case: Case, m: Measurement, floors: dict,
         "first_call_s": m.first_call_s,
         "copies": m.copies,
         "cache": m.cache,
+        # Steps one timed call ran (the sample is the call / this); for cases
+        # that did not run, the steps asked for.
+        "steps_per_call": m.steps_per_call if m.status == "ok" else case.steps_per_call,
         "loadavg": m.loadavg,
         "rss_bytes": m.rss_bytes,
         "probe_gbps": probe_gbps,
@@ -165,6 +169,7 @@ def table_sections(records: list[dict], floors: dict):
         title = f"{optimizer} {dtype} on {device}: {members[0]['bytes_per_param']} B/param"
         if floor:
             title += f", floor at {floor['gbps']:.1f} GB/s"
+        title += steps_per_call_text(ran)
         header = (["shape", "impl", "median ms", "min ms", "max ms", "params/s", "GB/s",
                    "% floor"] + [f"vs {b}" for b in base] + ["note"])
         rows, styles = [], []
@@ -187,6 +192,17 @@ def table_sections(records: list[dict], floors: dict):
                              f"{floor['gbps']:.3g}", "100"] + [""] * len(base) + [""])
                 styles.append("dim")
         yield title, header, rows, styles
+
+
+def steps_per_call_text(records: list[dict]) -> str:
+    """', times per step: N steps per call (impl, ...)' when a case looped, else ''."""
+    looped = [r for r in records if r.get("steps_per_call", 1) > 1]
+    if not looped:
+        return ""
+    counts = sorted({r["steps_per_call"] for r in looped})
+    impls = list(dict.fromkeys(r["impl"] for r in looped))
+    return (f"; times per step, {'/'.join(map(str, counts))} steps per call "
+            f"({', '.join(impls)})")
 
 
 def _pct(value: float | None) -> str:

@@ -2,7 +2,10 @@
 
 What one sample is: the wall time of one call of one optimizer step (host
 clock, ``time.perf_counter``; on a GPU, CUDA events around the step), with
-Python's garbage collector off. The report uses the median of the samples.
+Python's garbage collector off, divided by the steps the call ran
+(``Runner.steps_per_call``, 1 unless ``--steps-per-call`` made a TF case
+loop). ``first_call_s`` stays the whole first call. The report uses the
+median of the samples.
 
 Cold cache: a real training step runs the forward and backward passes
 between two optimizer steps, so the optimizer's tensors are not in the cache
@@ -65,6 +68,7 @@ class Measurement:
     loadavg: list | None = None
     rss_bytes: int | None = None  # the process's resident memory after the case
     error: str | None = None  # traceback, for status "error"
+    steps_per_call: int = 1  # optimizer steps per timed call; times_s are per step
 
 
 def copies_wanted(case: Case, cache_bytes: int) -> int:
@@ -99,6 +103,7 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
         result.setup_s = time.perf_counter() - start
         steps = runner.steps
         result.copies = len(steps)
+        result.steps_per_call = per_call = max(1, runner.steps_per_call)
         cold = evictor is None or is_cold(case, len(steps), cache_bytes)
         evict = None if cold else evictor
         if evictor is None:
@@ -137,12 +142,12 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
                 clock_start, clock_stop = clock()
                 clock_start()
                 step()
-                result.times_s.append(clock_stop())
+                result.times_s.append(clock_stop() / per_call)
             else:
                 t0 = time.perf_counter()
                 step()
                 sync()
-                result.times_s.append(time.perf_counter() - t0)
+                result.times_s.append((time.perf_counter() - t0) / per_call)
     except Skip as e:
         result.status, result.note = "skipped", str(e)
         result.times_s = []
