@@ -13,8 +13,9 @@
 // (a device-to-device copy on the op's stream).
 #pragma once
 
+#include <algorithm>
 #include <functional>
-#include <optional>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <unordered_map>
@@ -41,11 +42,9 @@ using BufferCopy = std::function<absl::Status(const tf::Tensor& from, tf::Tensor
 
 template <typename Device, typename T>
 class FusedUpdate {
-  // TF's helpers copy-on-write with an Eigen device functor; GPU ops copy with
-  // copy_ instead. TF's locking helper only uses its Device on the sparse
-  // path, which is never taken here, so the GPU ops lock through the CPU one.
+  // TF's helper copies-on-write with an Eigen device functor; GPU ops copy
+  // with copy_ instead.
   static constexpr bool kEigenCopy = !std::is_same<Device, GpuDevice>::value;
-  using LockDevice = std::conditional_t<kEigenCopy, Device, Eigen::ThreadPoolDevice>;
 
  public:
   // var_lists: names of the `N * resource` inputs, updated in place.
@@ -83,28 +82,36 @@ class FusedUpdate {
                              name, " must be a scalar (0-d tensor), got shape ",
                              t->shape().DebugString()));
     }
-    // A handle whose variable does not exist (a VarHandleOp never assigned, or
-    // a variable deleted since) would otherwise fail in the locking helper
-    // below with an Internal error that names no input.
+    // One lookup per variable (a handle whose variable does not exist, e.g. a
+    // VarHandleOp never assigned, is refused naming the input), then the
+    // locks, each distinct mutex once, in address order (TF's
+    // MaybeLockVariableInputMutexesInOrder does the same, with more lookups
+    // and handle copies per variable).
+    vars_.clear();
+    std::vector<tsl::mutex*> mutexes;
     for (int i : ids) {
       tf::core::RefCountPtr<tf::Var> var;
-      const absl::Status s = tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, i), &var);
+      const auto& handle = ctx_->input(i).template flat<tf::ResourceHandle>()(0);
+      const absl::Status s = tf::LookupResource(ctx_, handle, &var);
       FUSEDOPT_REQUIRE(s.ok(), tf::errors::InvalidArgument(
                                    Label(i), " is not initialized or was deleted (",
                                    s.message(), ")"));
+      mutexes.push_back(var->mu());
+      vars_.push_back(std::move(var));
     }
-    lock_.emplace(tf::MaybeLockVariableInputMutexesInOrder<LockDevice, T>(
-        ctx_, /*do_lock=*/true, /*sparse=*/false, ids));
-    TF_RETURN_IF_ERROR(ctx_->status());
+    std::sort(mutexes.begin(), mutexes.end());
+    mutexes.erase(std::unique(mutexes.begin(), mutexes.end()), mutexes.end());
+    locks_.clear();
+    for (tsl::mutex* mu : mutexes) locks_.push_back(std::make_unique<tsl::mutex_lock>(*mu));
 
     // Every check, before any copy-on-write or update.
     std::unordered_map<const tf::Var*, int> seen;  // variable -> input index
     const tf::DataType dtype = tf::DataTypeToEnum<T>::v();
+    size_t position = 0;  // in ids / vars_
     for (size_t l = 0; l < var_lists_.size(); ++l) {
-      for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
+      for (int i = ranges_[l].first; i < ranges_[l].second; ++i, ++position) {
         const int k = i - ranges_[l].first;
-        tf::core::RefCountPtr<tf::Var> var;
-        TF_RETURN_IF_ERROR(tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, i), &var));
+        tf::Var* var = vars_[position].get();
         FUSEDOPT_REQUIRE(var->is_initialized,
                          tf::errors::InvalidArgument(Label(i), " is not initialized"));
         const tf::Tensor* value = var->tensor();
@@ -117,7 +124,7 @@ class FusedUpdate {
                          tf::errors::InvalidArgument(
                              Label(i), " has shape ", value->shape().DebugString(), " but ",
                              grad_list_, "[", k, "] has shape ", grad.shape().DebugString()));
-        const auto [it, inserted] = seen.emplace(var.get(), i);
+        const auto [it, inserted] = seen.emplace(var, i);
         FUSEDOPT_REQUIRE(inserted, tf::errors::InvalidArgument(
                                        Label(i), " and ", Label(it->second),
                                        " are the same variable; each may appear once"));
@@ -126,10 +133,11 @@ class FusedUpdate {
 
     // Copy-on-write where a reader still holds the old buffer, then collect.
     variables_.assign(var_lists_.size(), {});
+    position = 0;
     for (size_t l = 0; l < var_lists_.size(); ++l) {
-      for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
+      for (int i = ranges_[l].first; i < ranges_[l].second; ++i, ++position) {
         tf::Tensor t;
-        TF_RETURN_IF_ERROR(WritableTensor(i, &t));
+        TF_RETURN_IF_ERROR(WritableTensor(vars_[position].get(), &t));
         variables_[l].push_back(t);
       }
     }
@@ -149,28 +157,26 @@ class FusedUpdate {
   }
 
  private:
-  // The variable's tensor for input `input`, copied first where a reader still
-  // holds its buffer (the lock is held).
-  absl::Status WritableTensor(int input, tf::Tensor* out) {
+  // The variable's tensor, copied first where a reader still holds its buffer
+  // (the lock is held): TF's PrepareToUpdateVariable, or for GPU ops the same
+  // logic with copy_ for the copy.
+  absl::Status WritableTensor(tf::Var* var, tf::Tensor* out) {
+    tf::Tensor* value = var->tensor();
     if constexpr (kEigenCopy) {
-      return tf::GetInputTensorFromVariable<Device, T>(ctx_, input, /*lock_held=*/true,
-                                                       /*sparse=*/false, out);
+      TF_RETURN_IF_ERROR((tf::PrepareToUpdateVariable<Device, T>(
+          ctx_, value, var->copy_on_read_mode.load())));
     } else {
-      // What TF's PrepareToUpdateVariable does, with copy_ for the copy.
       FUSEDOPT_REQUIRE(copy_ != nullptr,
                        tf::errors::Internal("FusedUpdate<GpuDevice>: no copy function"));
-      tf::core::RefCountPtr<tf::Var> var;
-      TF_RETURN_IF_ERROR(tf::LookupResource(ctx_, tf::HandleFromInput(ctx_, input), &var));
-      tf::Tensor* value = var->tensor();
       if (var->copy_on_read_mode.load() || !value->RefCountIsOne()) {
         tf::Tensor copy;
         TF_RETURN_IF_ERROR(ctx_->allocate_temp(value->dtype(), value->shape(), &copy));
         TF_RETURN_IF_ERROR(copy_(*value, &copy));
         *value = copy;
       }
-      *out = *value;
-      return absl::OkStatus();
     }
+    *out = *value;
+    return absl::OkStatus();
   }
 
   // "m[2] (variable 'dense/kernel/m')" for flat input index `input`.
@@ -190,7 +196,10 @@ class FusedUpdate {
   std::vector<std::string> scalars_;
   BufferCopy copy_;
   std::vector<std::pair<int, int>> ranges_;
-  std::optional<tf::VariableInputLockHolder> lock_;
+  // Declared before locks_ so that the locks are released before the
+  // variables are unreferenced.
+  std::vector<tf::core::RefCountPtr<tf::Var>> vars_;
+  std::vector<std::unique_ptr<tsl::mutex_lock>> locks_;
   std::vector<std::vector<tf::Tensor>> variables_;
   std::vector<tf::Tensor> grads_;
 };
