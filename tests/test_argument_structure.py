@@ -383,3 +383,32 @@ def test_plain_tf_variables_are_reported_and_named():
     with pytest.raises(ValueError, match=r"to_square returned a gradient of shape \(2, 2\) for "
                                          "variable 'Variable:0'"):
         bad.apply(grads, variables)
+
+
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "in_chain"])
+def test_builtin_threshold_schedule_is_called_with_the_step(folded):
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.02])
+    variable = tf.Variable(0.1)
+    # A transformer after the built-in keeps it from being folded.
+    tail = [] if folded else [lambda gv: gv]
+    scheduled = compiled(fusedopt.Adam(
+        learning_rate=0.01, gradient_transformers=[T.clip_by_global_norm(schedule)] + tail))
+    manual = compiled(fusedopt.Adam(
+        learning_rate=0.01, gradient_transformers=[T.clip_by_global_norm(variable)] + tail))
+    x, y = make_data(64)
+    for step in range(4):
+        variable.assign(0.1 if step <= 1 else 0.02)
+        scheduled.train_on_batch(x, y)
+        manual.train_on_batch(x, y)
+    for a, b in zip(scheduled.weights, manual.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_builtin_with_a_schedule_needs_the_step_on_its_own():
+    clip = T.clip_by_norm(keras.optimizers.schedules.ExponentialDecay(1.0, 10, 0.5))
+    var = tf.Variable(np.ones(3, np.float32))
+    pairs = [(tf.constant(np.full(3, 5.0, np.float32)), var)]
+    with pytest.raises(TypeError, match="needs the step"):
+        clip(pairs)
+    (grad, _), = clip(pairs, step=10)  # max_norm 0.5 at step 10
+    np.testing.assert_allclose(np.linalg.norm(grad), 0.5, rtol=1e-6)

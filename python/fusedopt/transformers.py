@@ -11,8 +11,9 @@ and dtypes) and names the transformer when it is wrong.
 The built-ins below are such callables too (usable on their own), and they are
 also understood by the fused optimizers: a built-in at the end of the chain is
 folded into the fused update kernel instead of running as separate TF ops.
-Their thresholds accept a number, a 0-d tensor or variable, or a zero-argument
-callable, read at every call.
+Their thresholds accept a number, a 0-d tensor or variable, a
+LearningRateSchedule (called with ``step``, which fusedopt optimizers pass as
+their iteration count) or a zero-argument callable, read at every call.
 """
 
 from __future__ import annotations
@@ -23,17 +24,25 @@ import tensorflow as tf
 
 from fusedopt import hyperparameters as hp
 
-__all__ = ["ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "clip_by_global_norm",
+__all__ = ["BuiltinTransformer", "ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "clip_by_global_norm",
            "clip_by_norm", "clip_by_value"]
 
 
-def _threshold(name, value, valid):
-    if isinstance(value, hp.Schedule):
-        raise TypeError(
-            f"{name}: a LearningRateSchedule needs the optimizer's step; pass a "
-            "zero-argument callable (e.g. lambda: schedule(optimizer.iterations)) instead"
-        )
+def _checked(name, value, valid):
     return hp.check(name, value, valid)
+
+
+def threshold(transformer, name, step):
+    """Threshold `name` of `transformer` for this call; a schedule is called
+    with `step` (the optimizer passes its iteration count)."""
+    value = getattr(transformer, name)
+    if isinstance(value, hp.Schedule) and step is None:
+        raise TypeError(
+            f"{transformer!r}: {name} is a LearningRateSchedule, which needs the step: "
+            "call the transformer with step=... (fusedopt optimizers pass their "
+            "iteration count)"
+        )
+    return hp.evaluate(value, step)
 
 
 def _map_grads(fn, grads_and_vars):
@@ -48,7 +57,7 @@ def _map_grads(fn, grads_and_vars):
     return out
 
 
-class _BuiltinTransformer:
+class BuiltinTransformer:
     """Shared plumbing: config round trip and a readable repr."""
 
     kind: str
@@ -73,15 +82,15 @@ class _BuiltinTransformer:
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
-class ClipByValue(_BuiltinTransformer):
+class ClipByValue(BuiltinTransformer):
     """g <- clip(g, min_value, max_value), elementwise (Keras `clipvalue=v` is
     ClipByValue(-v, v))."""
 
     kind = "value"
 
     def __init__(self, min_value, max_value):
-        self.min_value = _threshold("min_value", min_value, hp.Range(-float("inf")))
-        self.max_value = _threshold("max_value", max_value, hp.Range(-float("inf")))
+        self.min_value = _checked("min_value", min_value, hp.Range(-float("inf")))
+        self.max_value = _checked("max_value", max_value, hp.Range(-float("inf")))
         if hp.is_number(self.min_value) and hp.is_number(self.max_value):
             if self.min_value > self.max_value:
                 raise ValueError(
@@ -91,33 +100,33 @@ class ClipByValue(_BuiltinTransformer):
     def _config_values(self):
         return {"min_value": self.min_value, "max_value": self.max_value}
 
-    def __call__(self, grads_and_vars):
-        lo = hp.evaluate(self.min_value, None)
-        hi = hp.evaluate(self.max_value, None)
+    def __call__(self, grads_and_vars, step=None):
+        lo = threshold(self, "min_value", step)
+        hi = threshold(self, "max_value", step)
         return _map_grads(lambda g: ops.clip(g, lo, hi), grads_and_vars)
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
-class ClipByNorm(_BuiltinTransformer):
+class ClipByNorm(BuiltinTransformer):
     """Per tensor: g <- g * max_norm / max(||g||_2, max_norm) (`tf.clip_by_norm`,
     what Keras `clipnorm=` does)."""
 
     kind = "norm"
 
     def __init__(self, max_norm):
-        self.max_norm = _threshold("max_norm", max_norm, hp.POSITIVE)
+        self.max_norm = _checked("max_norm", max_norm, hp.POSITIVE)
 
     def _config_values(self):
         return {"max_norm": self.max_norm}
 
-    def __call__(self, grads_and_vars):
-        max_norm = hp.evaluate(self.max_norm, None)
+    def __call__(self, grads_and_vars, step=None):
+        max_norm = threshold(self, "max_norm", step)
         return _map_grads(lambda g: tf.clip_by_norm(g, tf.cast(max_norm, g.dtype)),
                           grads_and_vars)
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
-class ClipByGlobalNorm(_BuiltinTransformer):
+class ClipByGlobalNorm(BuiltinTransformer):
     """All tensors: g <- g * max_norm / max(global_norm, max_norm), with
     global_norm = sqrt(sum of every ||g||^2); a non-finite global norm makes
     every gradient NaN (what Keras `global_clipnorm=` does)."""
@@ -125,18 +134,18 @@ class ClipByGlobalNorm(_BuiltinTransformer):
     kind = "global_norm"
 
     def __init__(self, max_norm):
-        self.max_norm = _threshold("max_norm", max_norm, hp.POSITIVE)
+        self.max_norm = _checked("max_norm", max_norm, hp.POSITIVE)
 
     def _config_values(self):
         return {"max_norm": self.max_norm}
 
-    def __call__(self, grads_and_vars):
+    def __call__(self, grads_and_vars, step=None):
         grads_and_vars = list(grads_and_vars)
         values = [g.values if isinstance(g, tf.IndexedSlices) else g
                   for g, _ in grads_and_vars if g is not None]
         if not values:
             return grads_and_vars
-        scale = global_norm_scale(values, hp.evaluate(self.max_norm, None))
+        scale = global_norm_scale(values, threshold(self, "max_norm", step))
         return _map_grads(lambda g: g * ops.cast(scale, g.dtype), grads_and_vars)
 
 

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from fusedopt import hyperparameters as hp
+from fusedopt import transformers as tr
 
 
 class _Hyperparameter:
@@ -173,7 +174,11 @@ class ArgumentStructure:
         pairs = list(zip(grads, variables))
         for fn in transformers:
             name = _transformer_name(fn)
-            result = fn(list(pairs))
+            # Built-ins get the step, for thresholds given as schedules.
+            if isinstance(fn, tr.BuiltinTransformer):
+                result = fn(list(pairs), step=self.iterations)
+            else:
+                result = fn(list(pairs))
             if not isinstance(result, (list, tuple)):
                 raise TypeError(
                     f"gradient transformer {name} must return a list of (gradient, variable) "

@@ -189,7 +189,7 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         clip_args = {}
         if self._pending_clip is not None:
             clip_args, fallback = clipping.fold(_ops.library(), self._pending_clip, groups,
-                                                fallback)
+                                                fallback, self.iterations)
             self._pending_clip = None
 
         for key, pairs in groups.items():

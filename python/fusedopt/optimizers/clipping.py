@@ -42,29 +42,30 @@ def keras_clip(optimizer):
 
 
 def is_foldable(transformer) -> bool:
-    return isinstance(transformer, (tr.ClipByValue, tr.ClipByNorm, tr.ClipByGlobalNorm))
+    return isinstance(transformer, tr.BuiltinTransformer)
 
 
 def _grad_values(grad):
     return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
-def fold(lib, clip, groups, fallback):
+def fold(lib, clip, groups, fallback, step):
     """Clip arguments per fused group, and the clipped fallback pairs.
 
     groups: {key: [(grad, var), ...]} of the fused path (dense, one dtype each).
+    step: the optimizer's iteration count, for thresholds given as schedules.
     Returns ({key: (kind, clip_args)}, fallback pairs with clipped grads).
     """
     if isinstance(clip, tr.ClipByValue):
-        lo = hp.evaluate(clip.min_value, None)
-        hi = hp.evaluate(clip.max_value, None)
+        lo = tr.threshold(clip, "min_value", step)
+        hi = tr.threshold(clip, "max_value", step)
         args = {key: ("value", tf.stack([_cast(lo, _dtype(pairs)), _cast(hi, _dtype(pairs))]))
                 for key, pairs in groups.items()}
-        return args, clip(fallback) if fallback else fallback
+        return args, clip(fallback, step=step) if fallback else fallback
 
     squared = {key: lib.fusedopt_squared_norms([g for g, _ in pairs])
                for key, pairs in groups.items()}
-    max_norm = hp.evaluate(clip.max_norm, None)
+    max_norm = tr.threshold(clip, "max_norm", step)
 
     if isinstance(clip, tr.ClipByNorm):
         args = {}
@@ -78,7 +79,7 @@ def fold(lib, clip, groups, fallback):
             l2norm = tf.where(positive, tf.sqrt(tf.where(positive, l2sum, tf.ones_like(l2sum))),
                               l2sum)
             args[key] = ("ratio", tf.concat([tf.reshape(c, [1]), tf.maximum(l2norm, c)], 0))
-        return args, clip(fallback) if fallback else fallback
+        return args, clip(fallback, step=step) if fallback else fallback
 
     # Global norm over every gradient, fused groups and fallback alike, with
     # Keras' formula: a non-finite norm makes the scale (and so every
