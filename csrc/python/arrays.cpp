@@ -21,8 +21,6 @@ const char* dtype_name(DType d) {
   return "?";
 }
 
-namespace {
-
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << "(";
@@ -35,8 +33,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
 }
-
-}  // namespace
 
 std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg,
                                    bool writable) {

@@ -21,6 +21,11 @@ enum class DType { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 const char* dtype_name(DType d);
 
+// "(2, 3)" / "(5,)": a shape as NumPy prints it, for messages.
+std::string shape_str(const std::vector<int64_t>& shape);
+// The Python type name of `obj`, for messages.
+std::string type_name(const py::handle& obj);
+
 // One validated host array.
 struct HostArray {
   void* data;

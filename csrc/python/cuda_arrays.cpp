@@ -59,19 +59,6 @@ struct DLManagedTensorVersioned {
   DLTensor dl_tensor;
 };
 
-std::string type_name(py::handle obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__"));
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  if (shape.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
 std::string where(int device) {
   return device < 0 ? std::string("in host memory") : "on cuda:" + std::to_string(device);
 }
