@@ -8,17 +8,14 @@ never wrote keeps its old value and fails the check.
 """
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-import fusedopt
 from fusedopt import kernels
+
+import isa_variants
 
 # Per-dtype tolerances of one step against the float64 reference.
 TOLERANCES = {
@@ -246,29 +243,8 @@ _HASH_SCRIPT = textwrap.dedent(
 )
 
 
-def _variants():
-    isas = fusedopt.build_info()["cpu_isa_supported"]
-    best = isas[-1]
-    return [(isa, 2) for isa in isas] + [(best, 1)]
-
-
 def test_instruction_sets_and_thread_counts_are_bit_identical():
-    variants = _variants()
-    procs = []
-    for isa, threads in variants:
-        env = dict(os.environ, FUSEDOPT_ISA=isa, FUSEDOPT_NUM_THREADS=str(threads),
-                   TF_CPP_MIN_LOG_LEVEL="3")
-        procs.append(subprocess.Popen([sys.executable, "-c", _HASH_SCRIPT], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, cwd="/"))
-    results = {}
-    for (isa, threads), proc in zip(variants, procs):
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"{isa}/{threads} threads failed:\n{err[-3000:]}"
-        got = json.loads(out.strip().splitlines()[-1])
-        # The environment variables took effect.
-        assert (got["isa"], got["threads"]) == (isa, threads)
-        results[(isa, threads)] = got["sha256"]
+    results = isa_variants.digests(_HASH_SCRIPT)
     assert len(set(results.values())) == 1, results
 
 
