@@ -123,10 +123,23 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
             self._var_key(v) for v in variables if self._use_weight_decay(v)
         }
 
+    def _step_fallback_reason(self, distribution=None) -> str | None:
+        """Why no variable can take the fused path in this step, or None."""
+        if _ops.library() is None:
+            return "fused TF ops unavailable (" + str(_ops.load_error()) + ")"
+        reason = self._fused_unsupported_reason()
+        if reason:
+            return reason
+        if _in_xla_context():
+            return "inside an XLA cluster (jit_compile=True); the op has no XLA kernel"
+        if tf.distribute.has_strategy() or (
+                distribution is not None and distribution is not tf.distribute.get_strategy()):
+            return "under a tf.distribute strategy"
+        return None
+
     def _can_fold_clip(self) -> bool:
         """Whether a built-in clip can go into the fused op this step."""
-        return (_ops.library() is not None and self._fused_unsupported_reason() is None
-                and not _in_xla_context() and not tf.distribute.has_strategy())
+        return self._step_fallback_reason() is None
 
     def _clip_gradients(self, grads):
         # Keras' clipvalue / clipnorm / global_clipnorm. Folded into the fused
@@ -153,15 +166,10 @@ class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
         super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def _fallback_reason(self, distribution, grad, var) -> str | None:
-        if _ops.library() is None:
-            return "fused TF ops unavailable (" + str(_ops.load_error()) + ")"
-        reason = self._fused_unsupported_reason()
+        """Why this (grad, var) pair takes the stock update, or None."""
+        reason = self._step_fallback_reason(distribution)
         if reason:
             return reason
-        if _in_xla_context():
-            return "inside an XLA cluster (jit_compile=True); the op has no XLA kernel"
-        if distribution is not tf.distribute.get_strategy() or tf.distribute.has_strategy():
-            return "under a tf.distribute strategy"
         if isinstance(grad, tf.IndexedSlices):
             return "sparse (IndexedSlices) gradient"
         if var.dtype not in _FUSED_DTYPES:
