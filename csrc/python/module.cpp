@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "cpu/adam_cpu.h"
+#include "cpu/finite_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/norm_cpu.h"
 #include "cpu/parallel.h"
@@ -99,6 +100,29 @@ GradClip<T> make_clip(const ClipRequest& request, const std::vector<HostArray>& 
   return clip;
 }
 
+// Whether every element of every array is finite (no Inf, no NaN).
+bool host_all_finite(const std::vector<HostArray>& arrays) {
+  if (arrays.empty()) return true;
+  std::vector<const void*> data;
+  std::vector<int64_t> sizes;
+  for (const HostArray& a : arrays) {
+    data.push_back(a.data);
+    sizes.push_back(a.size);
+  }
+  const FloatFormat format =
+      arrays[0].dtype == DType::kFloat32 ? FloatFormat::kFloat32 : FloatFormat::kFloat64;
+  return all_finite_cpu(format, data, sizes, pool_parallel_for());
+}
+
+bool check_flag(py::handle value, const char* name) {
+  if (!py::isinstance<py::bool_>(value) &&
+      !py::isinstance(value, py::module_::import("numpy").attr("bool_"))) {
+    throw py::type_error(std::string(name) + " must be a bool, got " +
+                         std::string(py::str(py::type::handle_of(value).attr("__name__"))));
+  }
+  return value.cast<bool>();
+}
+
 void refuse_cuda_clip(const ClipRequest& request) {
   if (request.kind != ClipKind::kNone) {
     throw py::value_error(
@@ -121,18 +145,22 @@ AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<Hos
   return t;
 }
 
-void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
+bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
           py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
           py::handle weight_decay, py::handle clip_value, py::handle clip_norm,
-          py::handle global_clip_norm, py::handle stream) {
+          py::handle global_clip_norm, py::handle skip_nonfinite, py::handle stream) {
   const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
+  const bool skip = check_flag(skip_nonfinite, "skip_nonfinite");
   // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
   if (is_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
                    stream)) {
     refuse_cuda_clip(clip);
+    if (skip) {
+      throw py::value_error("skip_nonfinite is not supported on CUDA arrays yet");
+    }
     adam_cuda_call(params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay,
                    stream);
-    return;
+    return true;
   }
   // Validate everything first: nothing is written unless every check passes.
   const auto p_ = host_arrays(params, "params", true);
@@ -152,10 +180,11 @@ void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   const int64_t t = check_step(step, "step");
   const double wd = check_scalar(weight_decay, "weight_decay");
   check_range(wd, "weight_decay", 0.0, false, kInf, true);
-  if (p_.empty()) return;
+  if (p_.empty()) return true;
 
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
+  if (skip && !host_all_finite(g_)) return false;
   if (p_[0].dtype == DType::kFloat32) {
     adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
              decay, pool_parallel_for(), make_clip<float>(clip, g_));
@@ -164,6 +193,7 @@ void adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
              make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
              make_clip<double>(clip, g_));
   }
+  return true;
 }
 
 template <typename T>
@@ -179,11 +209,13 @@ SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostA
   return t;
 }
 
-void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
+bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
          py::handle momentum, py::handle nesterov, py::handle weight_decay,
-         py::handle clip_value, py::handle clip_norm, py::handle global_clip_norm) {
+         py::handle clip_value, py::handle clip_norm, py::handle global_clip_norm,
+         py::handle skip_nonfinite) {
   // Validate everything first: nothing is written unless every check passes.
   const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
+  const bool skip = check_flag(skip_nonfinite, "skip_nonfinite");
   const auto p_ = host_arrays(params, "params", true);
   const auto g_ = host_arrays(grads, "grads", false);
   const bool has_m = !momentums.is_none();
@@ -198,12 +230,7 @@ void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
   check_range(lr_, "lr", 0.0, false, kInf, true);
   const double mom = check_scalar(momentum, "momentum");
   check_range(mom, "momentum", 0.0, false, 1.0, false);
-  if (!py::isinstance<py::bool_>(nesterov) &&
-      !py::isinstance(nesterov, py::module_::import("numpy").attr("bool_"))) {
-    throw py::type_error("nesterov must be a bool, got " +
-                         std::string(py::str(py::type::handle_of(nesterov).attr("__name__"))));
-  }
-  const bool nesterov_ = nesterov.cast<bool>();
+  const bool nesterov_ = check_flag(nesterov, "nesterov");
   const double wd = check_scalar(weight_decay, "weight_decay");
   check_range(wd, "weight_decay", 0.0, false, kInf, true);
   if (!has_m && mom != 0.0) {
@@ -211,13 +238,14 @@ void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
                           "; pass one momentum buffer per parameter (momentum != 0 needs "
                           "them)");
   }
-  if (p_.empty()) return;
+  if (p_.empty()) return true;
 
   const SgdVariant variant = !has_m     ? SgdVariant::kPlain
                              : nesterov_ ? SgdVariant::kNesterov
                                          : SgdVariant::kMomentum;
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
+  if (skip && !host_all_finite(g_)) return false;
   if (p_[0].dtype == DType::kFloat32) {
     sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
             decay, pool_parallel_for(), make_clip<float>(clip, g_));
@@ -225,6 +253,19 @@ void sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
     sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
             decay, pool_parallel_for(), make_clip<double>(clip, g_));
   }
+  return true;
+}
+
+bool all_finite(py::handle arrays) {
+  const auto a = host_arrays(arrays, "arrays", false);
+  for (const HostArray& x : a) {
+    if (x.dtype != a[0].dtype) {
+      throw py::type_error(x.name + " has dtype " + dtype_name(x.dtype) + " but arrays[0] has " +
+                           dtype_name(a[0].dtype) + "; one call takes one dtype");
+    }
+  }
+  py::gil_scoped_release release;
+  return host_all_finite(a);
 }
 
 double global_norm(py::handle arrays) {
@@ -284,15 +325,19 @@ PYBIND11_MODULE(_C, mod) {
           py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,
           py::arg("clip_value") = py::none(), py::arg("clip_norm") = py::none(),
-          py::arg("global_clip_norm") = py::none(), py::arg("stream") = py::none(),
-          "Multi-tensor Adam/AdamW, in place. See fusedopt.kernels.adam.");
+          py::arg("global_clip_norm") = py::none(), py::arg("skip_nonfinite") = false,
+          py::arg("stream") = py::none(),
+          "Multi-tensor Adam/AdamW, in place; False if skipped (skip_nonfinite). See "
+          "fusedopt.kernels.adam.");
   mod.def("sgd", &sgd, py::arg("params"), py::arg("grads"), py::arg("momentums"),
           py::kw_only(), py::arg("lr"), py::arg("momentum") = 0.0,
           py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
           py::arg("clip_value") = py::none(), py::arg("clip_norm") = py::none(),
-          py::arg("global_clip_norm") = py::none(),
-          "Multi-tensor SGD (plain, momentum, Nesterov), in place. See "
-          "fusedopt.kernels.sgd.");
+          py::arg("global_clip_norm") = py::none(), py::arg("skip_nonfinite") = false,
+          "Multi-tensor SGD (plain, momentum, Nesterov), in place; False if skipped "
+          "(skip_nonfinite). See fusedopt.kernels.sgd.");
+  mod.def("all_finite", &all_finite, py::arg("arrays"),
+          "Whether no element of any array is Inf or NaN. See fusedopt.kernels.all_finite.");
   mod.def("global_norm", &global_norm, py::arg("arrays"),
           "sqrt(sum of squares of every element of every array), deterministic. See "
           "fusedopt.kernels.global_norm.");

@@ -23,7 +23,7 @@ import numpy as np
 
 from fusedopt import _C
 
-__all__ = ["adam", "global_norm", "sgd"]
+__all__ = ["adam", "all_finite", "global_norm", "sgd"]
 
 
 def adam(
@@ -41,8 +41,9 @@ def adam(
     clip_value: float | None = None,
     clip_norm: float | None = None,
     global_clip_norm: float | None = None,
+    skip_nonfinite: bool = False,
     stream=None,
-) -> None:
+) -> bool:
     """Multi-tensor Adam/AdamW step with Keras semantics, in place.
 
     For every element of every ``params[i]`` (with ``t = step``, counted from 1)::
@@ -74,6 +75,9 @@ def adam(
         ``c / max(global_norm(grads), c)`` (NaN if that norm is not finite,
         as in Keras). The norms take one extra read of the gradients.
         NumPy arrays only, for now.
+      skip_nonfinite: if True and any element of any gradient is Inf or
+        NaN, nothing is written and the call returns False (one extra
+        multi-threaded read of the gradients first). NumPy arrays only.
       stream: CUDA arrays only: the stream to run on, as a
         ``torch.cuda.Stream``, ``cupy.cuda.Stream``, an object with
         ``__cuda_stream__``, or a ``cudaStream_t`` handle as int; None is the
@@ -88,12 +92,15 @@ def adam(
     (float32 or float64; ``step`` also int32 or int64), read by the kernel when
     it runs: no host synchronization, so the step can be captured in a CUDA
     graph. Device values are not range-checked.
+
+    Returns:
+      True if the step was applied, False if skip_nonfinite skipped it.
     """
-    _C.adam(
+    return _C.adam(
         params, grads, m, v,
         lr=lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, step=step,
         weight_decay=weight_decay, clip_value=clip_value, clip_norm=clip_norm,
-        global_clip_norm=global_clip_norm, stream=stream,
+        global_clip_norm=global_clip_norm, skip_nonfinite=skip_nonfinite, stream=stream,
     )
 
 
@@ -109,7 +116,8 @@ def sgd(
     clip_value: float | None = None,
     clip_norm: float | None = None,
     global_clip_norm: float | None = None,
-) -> None:
+    skip_nonfinite: bool = False,
+) -> bool:
     """Multi-tensor SGD step (plain, momentum or Nesterov) with Keras semantics,
     in place.
 
@@ -147,11 +155,18 @@ def sgd(
         ``c / max(||grads[i]||, c)``; ``global_clip_norm=c`` scales all by
         ``c / max(global_norm(grads), c)`` (NaN if that norm is not finite,
         as in Keras). The norms take one extra read of the gradients.
+      skip_nonfinite: if True and any element of any gradient is Inf or
+        NaN, nothing is written and the call returns False (one extra
+        multi-threaded read of the gradients first). NumPy arrays only.
+
+    Returns:
+      True if the step was applied, False if skip_nonfinite skipped it.
     """
-    _C.sgd(
+    return _C.sgd(
         params, grads, momentums,
         lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         clip_value=clip_value, clip_norm=clip_norm, global_clip_norm=global_clip_norm,
+        skip_nonfinite=skip_nonfinite,
     )
 
 
@@ -164,3 +179,13 @@ def global_norm(arrays: Sequence[np.ndarray]) -> float:
     dtype; an empty list gives 0.0.
     """
     return _C.global_norm(arrays)
+
+
+def all_finite(arrays: Sequence[np.ndarray]) -> bool:
+    """True if no element of any array is Inf or NaN.
+
+    One multi-threaded pass over the bit patterns (the check behind
+    ``skip_nonfinite``). ``arrays`` is a list (or tuple) of C-contiguous
+    float32 or float64 NumPy arrays of one dtype; an empty list gives True.
+    """
+    return _C.all_finite(arrays)
