@@ -87,7 +87,7 @@ class ArgumentStructure:
         if unknown:
             raise TypeError(
                 f"{type(self).__name__} got unknown argument(s) {', '.join(unknown)}; "
-                f"valid arguments: {', '.join(sorted(known | {'gradient_transformers'}))}"
+                f"valid arguments: {', '.join(sorted(known | {'gradient_transformers', 'skip_nonfinite'}))}"
             )
         call = {}
         for name, value in signature.bind(*args, **kwargs).arguments.items():

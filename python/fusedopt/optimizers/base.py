@@ -24,6 +24,7 @@ from tensorflow.python.ops import control_flow_util
 from fusedopt import _ops
 from fusedopt.optimizers import clipping
 from fusedopt.optimizers.arguments import ArgumentStructure
+from fusedopt.optimizers.step_guard import StepGuard
 
 FUSED = "fused"
 
@@ -67,7 +68,7 @@ def decay_scalars(optimizer, lr, dtype, weight_decay: bool):
     return tf.ones([], dtype), wd * lr
 
 
-class Optimizer(ArgumentStructure, keras.optimizers.Optimizer):
+class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
     """Base class of the fusedopt optimizers.
 
     The argument structure (hyperparameters, gradient transformers, state) is

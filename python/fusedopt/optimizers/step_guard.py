@@ -1,0 +1,184 @@
+"""What every fusedopt optimizer checks before a step writes anything.
+
+Two guards around the stock ``apply``:
+
+1. Argument checks. The gradients must pair up with the variables: as many
+   gradients as variables, each a floating-point tensor (or IndexedSlices) of
+   its variable's shape, no variable twice. Stock Keras finds some of these
+   only while it updates variable after variable, so an eager step can fail
+   half-way with some variables already written; here the whole step is
+   refused before the first write.
+2. ``skip_nonfinite=True``: one fused pass over all gradients
+   (``FusedoptAllFinite``) decides whether the step runs at all; if any
+   gradient element is Inf or NaN, no variable, slot, accumulator or
+   ``iterations`` changes (the whole ``apply`` is the true branch of a cond).
+   Under a tf.distribute strategy every replica's gradients are checked and
+   the step runs only if all of them are finite, so replicas stay identical.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from fusedopt import _ops
+
+
+def _label(var) -> str:
+    return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
+
+
+def _grad_dense_shape(grad):
+    if isinstance(grad, tf.IndexedSlices):
+        static = tf.get_static_value(grad.dense_shape) if grad.dense_shape is not None else None
+        return tf.TensorShape(static) if static is not None else tf.TensorShape(None)
+    return tf.TensorShape(grad.shape)
+
+
+def check_apply_arguments(grads, variables, var_key) -> None:
+    """Raises if `grads` cannot update `variables` (see the module docstring).
+
+    Shapes are checked where they are known when the step is traced (always
+    in model.fit); None gradients are allowed (Keras skips those variables).
+    """
+    if len(grads) != len(variables):
+        raise ValueError(
+            f"apply() got {len(grads)} gradients for {len(variables)} variables; "
+            "pass one gradient (or None) per variable, in the same order"
+        )
+    seen = {}
+    for i, var in enumerate(variables):
+        key = var_key(var)
+        if key in seen:
+            raise ValueError(
+                f"variable {_label(var)!r} is passed twice to apply() (positions "
+                f"{seen[key]} and {i}); each variable takes one gradient per step"
+            )
+        seen[key] = i
+    for i, (grad, var) in enumerate(zip(grads, variables)):
+        if grad is None:
+            continue
+        if not (tf.is_tensor(grad) or isinstance(grad, (tf.IndexedSlices, tf.Variable))):
+            try:
+                grad = tf.convert_to_tensor(grad)
+            except (TypeError, ValueError) as e:
+                raise TypeError(
+                    f"gradient {i} (for variable {_label(var)!r}) must be a tensor or "
+                    f"IndexedSlices; got {type(grad).__name__}"
+                ) from e
+        dtype = tf.as_dtype(grad.dtype)
+        if not dtype.is_floating:
+            raise TypeError(
+                f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype.name}; "
+                "expected a floating-point gradient"
+            )
+        shape = _grad_dense_shape(grad)
+        if not shape.is_compatible_with(tuple(var.shape)):
+            raise ValueError(
+                f"gradient {i} has shape {shape} but its variable {_label(var)!r} has shape "
+                f"{tuple(var.shape)}; nothing was updated"
+            )
+
+
+def all_finite(grads) -> tf.Tensor:
+    """A bool scalar tensor: no element of any gradient is Inf or NaN.
+
+    CPU gradients are checked by one FusedoptAllFinite op per dtype (a single
+    multi-threaded pass); others (GPU tensors, or without the op library) with
+    the stock per-tensor ops.
+    """
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+    values = [tf.convert_to_tensor(v) for v in values]
+    lib = _ops.library()
+    fused, other = {}, []
+    for v in values:
+        on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
+        if lib is not None and on_cpu and v.dtype in _ALL_FINITE_DTYPES:
+            fused.setdefault(v.dtype, []).append(v)
+        else:
+            other.append(v)
+    checks = []
+    for group in fused.values():
+        with tf.device("CPU:0"):
+            checks.append(lib.fusedopt_all_finite(group))
+    checks += [tf.reduce_all(tf.math.is_finite(v)) for v in other]
+    if not checks:
+        return tf.constant(True)
+    if len(checks) == 1:
+        return checks[0]
+    return tf.reduce_all(tf.stack(checks))
+
+
+_ALL_FINITE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+class StepGuard:
+    """Mixin for fusedopt optimizers: argument checks and ``skip_nonfinite``."""
+
+    def __init__(self, *args, skip_nonfinite=False, **kwargs):
+        if not isinstance(skip_nonfinite, bool):
+            raise TypeError(
+                f"skip_nonfinite must be True or False; got {type(skip_nonfinite).__name__} "
+                f"{skip_nonfinite!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self._skip_nonfinite = skip_nonfinite
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        """Whether a step whose gradients hold an Inf or NaN is skipped whole."""
+        return self._skip_nonfinite
+
+    def get_config(self):
+        config = super().get_config()
+        # Only when set, so that default configs stay those of the stock class.
+        if self._skip_nonfinite:
+            config["skip_nonfinite"] = True
+        return config
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            check_apply_arguments(grads, trainable_variables, self._var_key)
+        elif self.built:
+            check_apply_arguments(grads, self._trainable_variables, self._var_key)
+        if not self._skip_nonfinite or not grads:
+            return super().apply(grads, trainable_variables)
+
+        # Variables cannot be created inside a cond branch: build first, as
+        # the stock apply would.
+        if not self.built:
+            if trainable_variables is None:
+                return super().apply(grads, trainable_variables)  # raises Keras' error
+            with keras.backend.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+
+        stock_apply = super().apply
+        if (tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()
+                and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            tf.distribute.get_replica_context().merge_call(
+                self._apply_if_finite_everywhere, args=(grads, trainable_variables))
+            return None
+        finite = all_finite(grads)
+        if tf.executing_eagerly():
+            if bool(finite):
+                stock_apply(grads, trainable_variables)
+            return None
+        tf.cond(finite, lambda: stock_apply(grads, trainable_variables), lambda: None)
+        return None
+
+    def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
+        # Cross-replica context: before the all-reduce each replica holds its
+        # own gradients; the step runs only if all of them are finite.
+        per_replica = distribution.extended.call_for_each_replica(
+            lambda g: tf.cast(all_finite(g), tf.int32), args=(grads,))
+        finite = distribution.reduce(tf.distribute.ReduceOp.MIN, per_replica, axis=None) > 0
+        stock_apply = super().apply
+
+        def run():
+            distribution.extended.call_for_each_replica(
+                stock_apply, args=(grads, trainable_variables))
+
+        tf.cond(finite, run, lambda: None)
