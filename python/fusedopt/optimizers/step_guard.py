@@ -151,7 +151,7 @@ class StepGuard:
         if not self.built:
             if trainable_variables is None:
                 return super().apply(grads, trainable_variables)  # raises Keras' error
-            with keras.backend.name_scope(self.name, caller=self):
+            with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
 

@@ -1,0 +1,239 @@
+"""skip_nonfinite: a step whose gradients hold an Inf or NaN is skipped whole.
+
+At the kernel level (kernels.all_finite, kernels.adam/sgd(skip_nonfinite=True),
+the FusedoptAllFinite op) against NumPy's isfinite; at the optimizer level in
+model.fit: training with some poisoned batches and skip_nonfinite=True must
+be bit-identical to stock training on the same data without those batches
+(skipped steps change nothing, not even `iterations`).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+import fusedopt
+from fusedopt import _ops, kernels
+
+from training import make_data, make_model, state
+
+SIZES = [1, 17, 32768 * 2 + 5, 1000]  # across chunk boundaries (32K elements)
+BAD = [np.inf, -np.inf, np.nan]
+
+
+def random_arrays(rng, dtype, sizes=SIZES):
+    return [rng.standard_normal(n).astype(dtype) for n in sizes]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite_matches_numpy(dtype):
+    rng = np.random.default_rng(0)
+    arrays = random_arrays(rng, dtype)
+    assert kernels.all_finite(arrays) is True
+    for trial in range(40):
+        arrays = random_arrays(rng, dtype)
+        t = rng.integers(len(arrays))
+        # The first and last element of a tensor and of a chunk, or anywhere.
+        n = arrays[t].size
+        k = rng.choice([0, n - 1, min(32767, n - 1), min(32768, n - 1), rng.integers(n)])
+        arrays[t][k] = BAD[trial % 3]
+        assert kernels.all_finite(arrays) is False, (t, k)
+    # Finite extremes are finite; subnormals too.
+    big = np.array([np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny / 4], dtype)
+    assert kernels.all_finite([big]) is True
+    assert kernels.all_finite([]) is True
+    assert kernels.all_finite([np.zeros(0, dtype)]) is True
+
+
+def test_all_finite_refuses_mixed_dtypes():
+    with pytest.raises(TypeError, match=r"arrays\[1\].*float64.*float32"):
+        kernels.all_finite([np.ones(3, "float32"), np.ones(3, "float64")])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_all_finite_op_matches_numpy(dtype):
+    lib = _ops.library()
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        values = [rng.standard_normal(n).astype("float32") for n in (3, 40000, 9)]
+        if trial % 4:
+            t = rng.integers(3)
+            values[t][rng.integers(values[t].size)] = BAD[trial % 3]
+        tensors = [tf.cast(tf.constant(v), dtype) for v in values]
+        expected = all(np.isfinite(tf.cast(t, "float32").numpy()).all() for t in tensors)
+        assert bool(lib.fusedopt_all_finite(tensors)) == expected
+
+
+def adam_arrays(rng, dtype="float32"):
+    p = random_arrays(rng, dtype)
+    g = random_arrays(rng, dtype)
+    m = random_arrays(rng, dtype)
+    v = [np.abs(x) for x in random_arrays(rng, dtype)]
+    return p, g, m, v
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_adam_and_sgd_skip_whole_step(dtype):
+    rng = np.random.default_rng(2)
+    p, g, m, v = adam_arrays(rng, dtype)
+    g[2][12345] = np.nan
+    before = [x.copy() for x in p + m + v]
+    assert kernels.adam(p, g, m, v, lr=0.1, step=3, skip_nonfinite=True) is False
+    for b, a in zip(before, p + m + v):
+        np.testing.assert_array_equal(a, b)
+    assert kernels.sgd(p, g, m, lr=0.1, momentum=0.9, skip_nonfinite=True) is False
+    assert kernels.sgd(p, g, None, lr=0.1, skip_nonfinite=True) is False
+    for b, a in zip(before, p + m + v):
+        np.testing.assert_array_equal(a, b)
+
+    # Finite gradients: the same update as without the option.
+    g[2][12345] = 0.5
+    copies = [[x.copy() for x in group] for group in (p, m, v)]
+    assert kernels.adam(p, g, m, v, lr=0.1, step=3, skip_nonfinite=True) is True
+    assert kernels.adam(*[copies[0], g, copies[1], copies[2]], lr=0.1, step=3) is True
+    for a, b in zip(p + m + v, copies[0] + copies[1] + copies[2]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(p[0], before[0])
+
+
+def test_kernels_skip_nonfinite_must_be_bool():
+    rng = np.random.default_rng(3)
+    p, g, m, v = adam_arrays(rng)
+    with pytest.raises(TypeError, match="skip_nonfinite must be a bool"):
+        kernels.adam(p, g, m, v, lr=0.1, step=1, skip_nonfinite=1)
+
+
+# ----------------------------------------------------------------- optimizers
+
+BATCH = 32
+POISONED = (1, 4)  # batch indices (of 6 per epoch) whose targets hold a NaN / Inf
+
+
+def poisoned_data():
+    x, y = make_data()
+    bad_y = y.copy()
+    bad_y[POISONED[0] * BATCH + 3, 1] = np.nan
+    bad_y[POISONED[1] * BATCH + 30, 0] = np.inf
+    keep = np.ones(len(x), bool)
+    for b in POISONED:
+        keep[b * BATCH:(b + 1) * BATCH] = False
+    return x, bad_y, x[keep], y[keep]
+
+
+def fit(opt, x, y, run_eagerly=False, epochs=3):
+    keras.utils.set_random_seed(1234)
+    model = make_model()
+    model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0)
+    return model
+
+
+CASES = {
+    "Adam": (lambda **kw: fusedopt.Adam(0.01, **kw), lambda: keras.optimizers.Adam(0.01)),
+    "AdamW_clip": (lambda **kw: fusedopt.AdamW(0.01, weight_decay=0.1, global_clipnorm=0.5, **kw),
+                   lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1, global_clipnorm=0.5)),
+    "SGD_nesterov": (lambda **kw: fusedopt.SGD(0.05, momentum=0.9, nesterov=True, **kw),
+                     lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)),
+}
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fit_with_poisoned_batches_equals_stock_without_them(case, run_eagerly):
+    make_fused, make_stock = CASES[case]
+    x, bad_y, x_clean, y_clean = poisoned_data()
+    fused = fit(make_fused(skip_nonfinite=True), x, bad_y, run_eagerly)
+    stock = fit(make_stock(), x_clean, y_clean, run_eagerly)
+    # 6 batches per epoch, 2 skipped: the iteration counter counts applied steps.
+    assert int(fused.optimizer.iterations.numpy()) == 3 * 4
+    for i, (a, b) in enumerate(zip(state(fused), state(stock))):
+        if case == "AdamW_clip":
+            # The fused global norm sums in another (fixed) order than TF's
+            # reduce_sum: equal to float32 rounding (see training.assert_close_state).
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"variable {i}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
+    assert set(fused.optimizer.fused_paths.values()) == {"fused"}
+
+
+def test_default_keeps_stock_behaviour_on_nonfinite_gradients():
+    x, bad_y, _, _ = poisoned_data()
+    fused = fit(fusedopt.Adam(0.01), x, bad_y, epochs=1)
+    stock = fit(keras.optimizers.Adam(0.01), x, bad_y, epochs=1)
+    assert np.isnan(fused.weights[0].numpy()).any()
+    for i, (a, b) in enumerate(zip(state(fused), state(stock))):
+        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")  # NaNs compare equal
+
+
+def op_types(graph):
+    """Op types in `graph` and in every function it calls (cond branches)."""
+    types = [op.type for op in graph.get_operations()]
+    for fn in graph.as_graph_def().library.function:
+        types += [node.op for node in fn.node_def]
+    return types
+
+
+def test_traced_step_checks_with_one_fused_op_before_the_update():
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    model.compile(optimizer=fusedopt.Adam(skip_nonfinite=True), loss="mse")
+    x, y = make_data(32)
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    types = op_types(graph)
+    assert types.count("FusedoptAllFinite") == 1
+    assert types.count("FusedoptAdam") == 1
+    assert "IsFinite" not in types  # no per-tensor stock checks
+    # The update sits in a branch of the cond on the check.
+    assert any(t in ("If", "StatelessIf") for t in (op.type for op in graph.get_operations()))
+
+
+def test_one_nonfinite_element_in_one_of_many_variables_skips_everything():
+    rng = np.random.default_rng(4)
+    variables = [tf.Variable(rng.standard_normal(s).astype("float32"))
+                 for s in [(5,), (300, 200), (7, 3), (1,)]]
+    variables.append(tf.Variable(rng.standard_normal((4,))))  # float64: another fused group
+    opt = fusedopt.SGD(0.1, momentum=0.5, skip_nonfinite=True)
+    opt.build(variables)
+    step = tf.function(lambda grads: opt.apply(grads, variables))
+    grads = [tf.constant(rng.standard_normal(v.shape), v.dtype) for v in variables]
+    step(grads)
+    before = [v.numpy() for v in variables + list(opt.variables)]
+    for i, v in enumerate(variables):
+        g = rng.standard_normal(v.shape)
+        g.flat[rng.integers(g.size)] = BAD[i % 3]
+        bad = [tf.constant(rng.standard_normal(w.shape), w.dtype) for w in variables]
+        bad[i] = tf.constant(g, v.dtype)
+        step(bad)
+        for b, a in zip(before, variables + list(opt.variables)):
+            np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_sparse_and_none_gradients_are_checked_too():
+    emb = tf.Variable(np.random.default_rng(5).standard_normal((10, 4)).astype("float32"))
+    dense = tf.Variable(np.ones(3, "float32"))
+    unused = tf.Variable(np.ones(2, "float32"))
+    opt = fusedopt.Adam(0.1, skip_nonfinite=True)
+    opt.build([emb, dense, unused])
+    before = [v.numpy() for v in (emb, dense, unused)]
+    bad_rows = tf.IndexedSlices(tf.constant([[1.0, np.nan, 0, 0]]), tf.constant([3]),
+                                tf.constant([10, 4]))
+    opt.apply([bad_rows, tf.ones(3), None], [emb, dense, unused])
+    for b, v in zip(before, (emb, dense, unused)):
+        np.testing.assert_array_equal(v.numpy(), b)
+    assert int(opt.iterations.numpy()) == 0
+    good_rows = tf.IndexedSlices(tf.constant([[1.0, 2, 0, 0]]), tf.constant([3]),
+                                 tf.constant([10, 4]))
+    opt.apply([good_rows, tf.ones(3), None], [emb, dense, unused])
+    assert int(opt.iterations.numpy()) == 1
+    assert not np.array_equal(emb.numpy()[3], before[0][3])
+
+
+def test_config_round_trip_and_validation():
+    opt = fusedopt.AdamW(skip_nonfinite=True)
+    assert opt.get_config()["skip_nonfinite"] is True
+    assert fusedopt.AdamW.from_config(opt.get_config()).skip_nonfinite is True
+    # Off by default, and then absent from the config (identical to stock).
+    assert "skip_nonfinite" not in fusedopt.SGD().get_config()
+    with pytest.raises(TypeError, match="skip_nonfinite must be True or False"):
+        fusedopt.Adam(skip_nonfinite="yes")
