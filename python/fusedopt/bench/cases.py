@@ -80,8 +80,22 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             "adam-gclip", "Adam", {"learning_rate": 1e-3, "global_clipnorm": 1.0}, 4, 8,
             "Adam with global-norm clipping: one extra read of g for the norm",
         ),
+        OptimizerSpec(
+            "adam-skipnf", "Adam", {"learning_rate": 1e-3, "skip_nonfinite": True}, 4, 8,
+            "Adam with skip_nonfinite: one extra read of g for the finite check",
+        ),
     ]
 }
+
+# Arguments only fusedopt has; baselines skip the optimizers that use them.
+FUSEDOPT_ONLY_ARGUMENTS = ("skip_nonfinite",)
+
+
+def require_stock_arguments(spec: OptimizerSpec, baseline: str) -> None:
+    """Raises Skip if `spec` uses an argument the baseline does not have."""
+    extra = [k for k in FUSEDOPT_ONLY_ARGUMENTS if k in spec.kwargs]
+    if extra:
+        raise Skip(f"{baseline} has no {', '.join(extra)}")
 
 # -------------------------------------------------------------------- shapes
 

@@ -22,7 +22,8 @@ import itertools
 
 import numpy as np
 
-from fusedopt.bench.cases import Case, Runner, Skip, implementation, random_normal
+from fusedopt.bench.cases import (Case, Runner, Skip, implementation, random_normal,
+                                  require_stock_arguments)
 
 _MAX_COPIES = 256
 
@@ -45,6 +46,8 @@ def _kernel_step(case: Case):
             if "global_clip_norm" not in inspect.signature(kernels.adam).parameters:
                 raise Skip("fusedopt.kernels.adam has no global_clip_norm= yet")
             extra["global_clip_norm"] = kw["global_clipnorm"]
+        if kw.get("skip_nonfinite"):
+            extra["skip_nonfinite"] = True
 
         def call(arrays, step):
             kernels.adam(*arrays, lr=kw["learning_rate"], beta_1=kw.get("beta_1", 0.9),
@@ -118,6 +121,7 @@ def _torch_cuda():
 
 def _torch_optimizer(torch, case: Case, params, **flags):
     spec, kw = case.optimizer, case.optimizer.kwargs
+    require_stock_arguments(spec, "torch.optim")
     if spec.keras_class in ("Adam", "AdamW"):
         cls = torch.optim.AdamW if spec.keras_class == "AdamW" else torch.optim.Adam
         extra = {"weight_decay": kw["weight_decay"]} if "weight_decay" in kw else {}
@@ -224,6 +228,8 @@ def cuda_kernels(case: Case, copies: int) -> Runner:
 
     if not fusedopt.build_info().get("cuda"):
         raise Skip("this fusedopt build has no CUDA kernels")
+    if case.optimizer.kwargs.get("skip_nonfinite"):
+        raise Skip("skip_nonfinite is not supported on CUDA arrays yet")
     call, n_state = _kernel_step(case)
     name, xp = _cuda_array_module()
     copies_of_arrays = [_device_arrays(name, xp, case, n_state, seed)

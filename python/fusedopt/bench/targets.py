@@ -70,6 +70,13 @@ TARGETS = [
     Target("Adam + global-norm clip f32 20x1M: at most 1.15x fusedopt Adam alone",
            "adam-gclip/float32/20x1M/fusedopt", "ratio", 1.15,
            other="adam/float32/20x1M/fusedopt"),
+    # Reliability (CPU).
+    Target("Adam skip_nonfinite f32 20x1M: at most 1.05x fusedopt Adam without it",
+           "adam-skipnf/float32/20x1M/fusedopt", "ratio", 1.05,
+           other="adam/float32/20x1M/fusedopt"),
+    Target("Adam skip_nonfinite f32 300x256: at most 1.05x fusedopt Adam without it",
+           "adam-skipnf/float32/300x256/fusedopt", "ratio", 1.05,
+           other="adam/float32/300x256/fusedopt"),
     # CUDA (H100).
     Target("Adam f32 64x16M (1B params) on CUDA: within 1.1x of the copy floor",
            "adam/float32/64x16M/kernels-cuda", "floor", 1.1),

@@ -32,7 +32,8 @@ import collections
 
 import numpy as np
 
-from fusedopt.bench.cases import Case, Runner, Skip, implementation, random_normal
+from fusedopt.bench.cases import (Case, Runner, Skip, implementation, random_normal,
+                                  require_stock_arguments)
 
 _DEVICE = "/CPU:0"
 
@@ -168,6 +169,7 @@ def fusedopt_xla_step(case: Case, copies: int) -> Runner:
                 description="keras.optimizers.<Optimizer>.apply(grads, vars) in a tf.function")
 def keras_step(case: Case, copies: int) -> Runner:
     _, keras = _tf()
+    require_stock_arguments(case.optimizer, "keras.optimizers")
     return _keras_runner(case, getattr(keras.optimizers, case.optimizer.keras_class),
                          jit_compile=False)
 
@@ -176,6 +178,7 @@ def keras_step(case: Case, copies: int) -> Runner:
                 description="keras.optimizers.<Optimizer>.apply in tf.function(jit_compile=True)")
 def keras_xla_step(case: Case, copies: int) -> Runner:
     _, keras = _tf()
+    require_stock_arguments(case.optimizer, "keras.optimizers")
     return _keras_runner(case, getattr(keras.optimizers, case.optimizer.keras_class),
                          jit_compile=True)
 
@@ -186,6 +189,7 @@ def tf_raw_step(case: Case, copies: int) -> Runner:
     tf, _ = _tf()
     spec = case.optimizer
     kw = spec.kwargs
+    require_stock_arguments(spec, "TensorFlow's training ops")
     if spec.keras_class not in ("Adam", "SGD"):
         raise Skip(f"TensorFlow has no per-variable {spec.keras_class} training op")
     params, grads = _random_arrays(case, seed=0)
