@@ -304,11 +304,12 @@ def test_xla_falls_back_to_stock_math():
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_float16_variables_fall_back(variant):
+def test_float16_variables_fuse(variant):
+    # float16/bfloat16 in depth: tests/test_mixed_precision.py.
     v = tf.Variable(np.ones(5, np.float16))
     opt = fusedopt.SGD(learning_rate=0.1, **VARIANTS[variant])
     opt.apply([tf.constant(np.full(5, 0.5, np.float16))], [v])
-    assert list(opt.fused_paths.values()) == ["fallback: dtype float16 (fused: float32, float64)"]
+    assert list(opt.fused_paths.values()) == ["fused"]
     # m = -0.05; plain and momentum: p - 0.05; Nesterov: p + m * 0.8 - 0.05.
     expected = 0.91 if variant == "nesterov" else 0.95
     np.testing.assert_array_equal(v.numpy(), np.full(5, expected, np.float16))
@@ -328,10 +329,12 @@ def test_mixed_float16_and_float32_variables():
 
     fused_opt, fused = run(fusedopt.SGD)
     _, stock = run(keras.optimizers.SGD)
-    assert sorted(fused_opt.fused_paths.values()) == [
-        "fallback: dtype float16 (fused: float32, float64)", "fused"]
-    for a, b in zip(fused, stock):
-        np.testing.assert_array_equal(a, b)
+    assert list(fused_opt.fused_paths.values()) == ["fused", "fused"]  # one op per dtype
+    # float16: float32 math rounded once per value, where stock rounds every
+    # op to float16 (tests/test_mixed_precision.py): a few float16 ulps of the
+    # momentum and parameters (about 0.5 to 3).
+    np.testing.assert_allclose(fused[0], stock[0], rtol=2 * 2**-10, atol=4 * 2**-11)
+    np.testing.assert_array_equal(fused[1], stock[1])
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

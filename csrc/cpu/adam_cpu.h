@@ -8,11 +8,14 @@
 #include "cpu/parallel.h"
 #include "kernels/clip.h"
 #include "kernels/adam.h"
+#include "kernels/half.h"
 
 namespace fusedopt {
 
 // Raw views of N tensors; params[i], grads[i], m[i], v[i] all hold sizes[i]
-// contiguous elements. The caller has validated everything.
+// contiguous elements of T: float, double, or Half / BFloat16 (kernels/half.h),
+// which are loaded into float32, updated in float32 with float32 scalars and
+// rounded back to nearest-even. The caller has validated everything.
 template <typename T>
 struct AdamTensors {
   std::vector<T*> params;
@@ -23,8 +26,8 @@ struct AdamTensors {
 };
 
 template <typename T>
-void adam_cpu(const AdamTensors<T>& tensors, const AdamScalars<T>& scalars,
+void adam_cpu(const AdamTensors<T>& tensors, const AdamScalars<compute_t<T>>& scalars,
               bool weight_decay, const ParallelFor& parallel,
-              const GradClip<T>& clip = GradClip<T>());
+              const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
 
 }  // namespace fusedopt

@@ -11,6 +11,7 @@
 
 #include "kernels/adam.h"
 #include "kernels/clip.h"
+#include "kernels/half.h"
 #include "kernels/sgd.h"
 
 namespace fusedopt {
@@ -26,6 +27,13 @@ struct IsaKernels {
   void (*adam_f64)(double* p, const double* g, double* m, double* v, int64_t n,
                    const AdamScalars<double>& s, bool decay, ClipKind clip,
                    const ClipScalars<double>& c);
+  // 16-bit storage, float32 math and scalars (kernels/half.h).
+  void (*adam_f16)(Half* p, const Half* g, Half* m, Half* v, int64_t n,
+                   const AdamScalars<float>& s, bool decay, ClipKind clip,
+                   const ClipScalars<float>& c);
+  void (*adam_bf16)(BFloat16* p, const BFloat16* g, BFloat16* m, BFloat16* v, int64_t n,
+                    const AdamScalars<float>& s, bool decay, ClipKind clip,
+                    const ClipScalars<float>& c);
   // m is unused (may be null) for SgdVariant::kPlain.
   void (*sgd_f32)(float* p, const float* g, float* m, int64_t n,
                   const SgdScalars<float>& s, SgdVariant variant, bool decay,
@@ -33,9 +41,17 @@ struct IsaKernels {
   void (*sgd_f64)(double* p, const double* g, double* m, int64_t n,
                   const SgdScalars<double>& s, SgdVariant variant, bool decay,
                   ClipKind clip, const ClipScalars<double>& c);
+  void (*sgd_f16)(Half* p, const Half* g, Half* m, int64_t n, const SgdScalars<float>& s,
+                  SgdVariant variant, bool decay, ClipKind clip,
+                  const ClipScalars<float>& c);
+  void (*sgd_bf16)(BFloat16* p, const BFloat16* g, BFloat16* m, int64_t n,
+                   const SgdScalars<float>& s, SgdVariant variant, bool decay,
+                   ClipKind clip, const ClipScalars<float>& c);
   // Sum of squares in double, in a fixed order (kernels/norm.h).
   double (*sum_of_squares_f32)(const float* x, int64_t n);
   double (*sum_of_squares_f64)(const double* x, int64_t n);
+  double (*sum_of_squares_f16)(const Half* x, int64_t n);
+  double (*sum_of_squares_bf16)(const BFloat16* x, int64_t n);
 };
 
 // The kernels for the best instruction set compiled in and supported here.
@@ -57,6 +73,14 @@ template <>
 struct IsaAdam<double> {
   static auto get(const IsaKernels& k) { return k.adam_f64; }
 };
+template <>
+struct IsaAdam<Half> {
+  static auto get(const IsaKernels& k) { return k.adam_f16; }
+};
+template <>
+struct IsaAdam<BFloat16> {
+  static auto get(const IsaKernels& k) { return k.adam_bf16; }
+};
 
 template <typename T>
 struct IsaSumOfSquares;
@@ -68,6 +92,14 @@ template <>
 struct IsaSumOfSquares<double> {
   static auto get(const IsaKernels& k) { return k.sum_of_squares_f64; }
 };
+template <>
+struct IsaSumOfSquares<Half> {
+  static auto get(const IsaKernels& k) { return k.sum_of_squares_f16; }
+};
+template <>
+struct IsaSumOfSquares<BFloat16> {
+  static auto get(const IsaKernels& k) { return k.sum_of_squares_bf16; }
+};
 
 template <typename T>
 struct IsaSgd;
@@ -78,6 +110,14 @@ struct IsaSgd<float> {
 template <>
 struct IsaSgd<double> {
   static auto get(const IsaKernels& k) { return k.sgd_f64; }
+};
+template <>
+struct IsaSgd<Half> {
+  static auto get(const IsaKernels& k) { return k.sgd_f16; }
+};
+template <>
+struct IsaSgd<BFloat16> {
+  static auto get(const IsaKernels& k) { return k.sgd_bf16; }
 };
 
 }  // namespace fusedopt

@@ -34,5 +34,11 @@ template void squared_norms_cpu<float>(const std::vector<const float*>&,
 template void squared_norms_cpu<double>(const std::vector<const double*>&,
                                         const std::vector<int64_t>&, double*,
                                         const ParallelFor&);
+template void squared_norms_cpu<Half>(const std::vector<const Half*>&,
+                                      const std::vector<int64_t>&, double*,
+                                      const ParallelFor&);
+template void squared_norms_cpu<BFloat16>(const std::vector<const BFloat16*>&,
+                                          const std::vector<int64_t>&, double*,
+                                          const ParallelFor&);
 
 }  // namespace fusedopt

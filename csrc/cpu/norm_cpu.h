@@ -8,10 +8,12 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "kernels/half.h"
 
 namespace fusedopt {
 
-// out[i] = sum of x[i][k]^2, accumulated in double.
+// out[i] = sum of x[i][k]^2, accumulated in double. T: float, double, Half or
+// BFloat16 (kernels/half.h).
 template <typename T>
 void squared_norms_cpu(const std::vector<const T*>& x, const std::vector<int64_t>& sizes,
                        double* out, const ParallelFor& parallel);

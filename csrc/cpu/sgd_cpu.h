@@ -8,13 +8,15 @@
 
 #include "cpu/parallel.h"
 #include "kernels/clip.h"
+#include "kernels/half.h"
 #include "kernels/sgd.h"
 
 namespace fusedopt {
 
 // Raw views of N tensors; params[i], grads[i] and (momentum variants) m[i]
-// hold sizes[i] contiguous elements. m is empty for SgdVariant::kPlain. The
-// caller has validated everything.
+// hold sizes[i] contiguous elements of T (float, double, or Half / BFloat16,
+// computed in float32 as in adam_cpu.h). m is empty for SgdVariant::kPlain.
+// The caller has validated everything.
 template <typename T>
 struct SgdTensors {
   std::vector<T*> params;
@@ -24,8 +26,8 @@ struct SgdTensors {
 };
 
 template <typename T>
-void sgd_cpu(const SgdTensors<T>& tensors, const SgdScalars<T>& scalars,
+void sgd_cpu(const SgdTensors<T>& tensors, const SgdScalars<compute_t<T>>& scalars,
              SgdVariant variant, bool weight_decay, const ParallelFor& parallel,
-             const GradClip<T>& clip = GradClip<T>());
+             const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
 
 }  // namespace fusedopt

@@ -2,11 +2,14 @@
 // order: kLanes independent partial sums (element i goes to lane i % kLanes),
 // added up lane 0 first. The order does not depend on the instruction set or
 // the thread count, so the same inputs always give the same bits.
+// float16/bfloat16 values are widened exactly (kernels/half.h), so no
+// intermediate overflows their range.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common.h"
+#include "kernels/half.h"
 
 namespace fusedopt {
 
@@ -18,12 +21,12 @@ inline double sum_of_squares(const T* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + kNormLanes <= n; i += kNormLanes) {
     for (int j = 0; j < kNormLanes; ++j) {
-      const double v = static_cast<double>(x[i + j]);
+      const double v = static_cast<double>(load(x[i + j]));
       lanes[j] += v * v;
     }
   }
   for (int j = 0; i < n; ++i, ++j) {
-    const double v = static_cast<double>(x[i]);
+    const double v = static_cast<double>(load(x[i]));
     lanes[j] += v * v;
   }
   double total = 0.0;

@@ -34,6 +34,19 @@ std::string type_name(const py::handle& obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
 }
 
+namespace {
+// An instance of numpy.ma.MaskedArray. Plain ndarrays (the common case) cost
+// one type comparison; subclasses look numpy.ma up only where it was imported
+// (an array cannot be masked otherwise).
+bool is_masked(const py::handle& obj) {
+  const PyTypeObject* ndarray = py::detail::npy_api::get().PyArray_Type_;
+  if (Py_TYPE(obj.ptr()) == ndarray) return false;
+  py::dict modules = py::module_::import("sys").attr("modules");
+  if (!modules.contains("numpy.ma")) return false;
+  return py::isinstance(obj, modules["numpy.ma"].attr("MaskedArray"));
+}
+}  // namespace
+
 std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg,
                                    bool writable) {
   if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj)) {
@@ -62,6 +75,17 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
       throw py::value_error(name + " must be C-contiguous (use numpy.ascontiguousarray "
                                    "on a copy you then keep)");
     }
+    // A view at an odd byte offset (e.g. of a uint8 buffer): the kernels read
+    // whole floats, which is undefined behaviour at a misaligned address.
+    if (reinterpret_cast<uintptr_t>(a.data()) % a.itemsize() != 0) {
+      throw py::value_error(name + " is not aligned to its " + std::to_string(a.itemsize()) +
+                            "-byte element size (a view at an odd byte offset); pass an "
+                            "aligned copy that you then keep");
+    }
+    if (is_masked(item)) {
+      throw py::value_error(name + " is a masked array (numpy.ma); masks are not supported, "
+                                   "pass the data (and handle the mask) yourself");
+    }
     if (writable && !a.writeable()) {
       throw py::value_error(name + " is read-only; it is updated in place and must "
                                    "be writeable");
@@ -71,6 +95,7 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
     h.nbytes = a.nbytes();
     h.shape.assign(a.shape(), a.shape() + a.ndim());
     h.name = name;
+    h.owner = item;
     out.push_back(std::move(h));
   }
   return out;

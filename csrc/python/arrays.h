@@ -34,10 +34,17 @@ struct HostArray {
   std::vector<int64_t> shape;
   DType dtype;
   std::string name;  // e.g. "params[3]"
+  // A reference to the array object: the kernels run with the GIL released,
+  // when another Python thread could empty the caller's list and free the
+  // array it was the last reference to. Destroyed with the GIL held (the
+  // HostArray vectors outlive the gil_scoped_release of a call).
+  py::object owner;
 };
 
 // A list argument, checked element by element. `writable` lists must be
-// writeable NumPy arrays; all arrays must be C-contiguous float32/float64.
+// writeable NumPy arrays; all arrays must be C-contiguous, aligned float32 /
+// float64 in native byte order and not masked (numpy.ma: the kernels would
+// ignore the mask).
 std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg,
                                    bool writable);
 

@@ -2,11 +2,17 @@
 // AdamW, in place. Hyperparameters arrive as runtime scalar tensors computed
 // by the Python optimizer with the same TF ops the stock Keras Adam uses, so
 // schedules and callbacks change them every step without retracing.
+//
+// T = half / bfloat16: params, grads and both moments in that dtype, the
+// scalars too (computed like the stock update_step does for such variables);
+// the kernel computes in float32 and rounds each result to nearest-even
+// (tf/dtypes.h).
 #include "cpu/adam_cpu.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tf/clip_args.h"
+#include "tf/dtypes.h"
 #include "tf/fused_update.h"
 
 namespace fusedopt {
@@ -29,7 +35,7 @@ REGISTER_OP("FusedoptAdam")
     .Input("lr: T")
     .Input("weight_decay: T")
     .Input("clip_args: T")
-    .Attr("T: {float, double}")
+    .Attr("T: {half, bfloat16, float, double}")
     .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
     .Attr("apply_weight_decay: bool = false")
@@ -49,7 +55,8 @@ Multi-tensor Adam/AdamW (Keras semantics), updating params, m and v in place.
 For every element: if apply_weight_decay, p -= p * weight_decay * lr; then
 m += (g - m) * one_minus_beta_1; v += (g * g - v) * one_minus_beta_2;
 p -= (m * alpha) / (sqrt(v) + epsilon). Variables are locked in address order;
-every input is validated before the first write.
+every input is validated before the first write. For T = half or bfloat16 the
+arithmetic is float32 (scalars widened exactly), each result rounded to T.
 )doc");
 
 template <typename T>
@@ -69,24 +76,24 @@ class FusedoptAdamOp : public tf::OpKernel {
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "m", "v"}, "grads", kAdamScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
 
-    AdamScalars<T> s;
-    s.alpha = update.Scalar("alpha");
-    s.one_minus_beta_1 = update.Scalar("one_minus_beta_1");
-    s.one_minus_beta_2 = update.Scalar("one_minus_beta_2");
-    s.epsilon = update.Scalar("epsilon");
-    s.lr = update.Scalar("lr");
-    s.weight_decay = update.Scalar("weight_decay");
+    AdamScalars<kernel_compute_t<T>> s;
+    s.alpha = ComputeScalar(update.Scalar("alpha"));
+    s.one_minus_beta_1 = ComputeScalar(update.Scalar("one_minus_beta_1"));
+    s.one_minus_beta_2 = ComputeScalar(update.Scalar("one_minus_beta_2"));
+    s.epsilon = ComputeScalar(update.Scalar("epsilon"));
+    s.lr = ComputeScalar(update.Scalar("lr"));
+    s.weight_decay = ComputeScalar(update.Scalar("weight_decay"));
 
     auto& vars = update.variables();
-    AdamTensors<T> t;
+    AdamTensors<kernel_t<T>> t;
     for (size_t i = 0; i < update.grads().size(); ++i) {
-      t.params.push_back(vars[0][i].template flat<T>().data());
-      t.m.push_back(vars[1][i].template flat<T>().data());
-      t.v.push_back(vars[2][i].template flat<T>().data());
-      t.grads.push_back(update.grads()[i].template flat<T>().data());
+      t.params.push_back(KernelData<T>(vars[0][i]));
+      t.m.push_back(KernelData<T>(vars[1][i]));
+      t.v.push_back(KernelData<T>(vars[2][i]));
+      t.grads.push_back(KernelData<T>(update.grads()[i]));
       t.sizes.push_back(update.grads()[i].NumElements());
     }
-    adam_cpu(t, s, apply_weight_decay_, TfParallelFor(ctx), clip);
+    adam_cpu(t, s, apply_weight_decay_, TfParallelFor(ctx), ComputeClip(clip));
   }
 
  private:
@@ -99,6 +106,8 @@ class FusedoptAdamOp : public tf::OpKernel {
   REGISTER_KERNEL_BUILDER(                                                      \
       Name("FusedoptAdam").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
       FusedoptAdamOp<T>);
+REGISTER_CPU(Eigen::half);
+REGISTER_CPU(tf::bfloat16);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 #include "kernels/clip.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -32,6 +33,16 @@ inline absl::Status ParseClipKind(const std::string& name, ClipKind* kind) {
   return absl::OkStatus();
 }
 
+// A clip argument in an error message (float16 / bfloat16 through float).
+template <typename T>
+double ClipArgForMessage(T x) {
+  if constexpr (std::is_floating_point<T>::value) {
+    return x;
+  } else {
+    return static_cast<float>(x);
+  }
+}
+
 // Reads and checks clip_args for `num_tensors` tensors (before any write).
 template <typename T>
 absl::Status ReadClipArgs(::tensorflow::OpKernelContext* ctx, ClipKind kind,
@@ -51,9 +62,25 @@ absl::Status ReadClipArgs(::tensorflow::OpKernelContext* ctx, ClipKind kind,
                                        args->shape().DebugString());
   }
   const auto a = args->vec<T>();
+  // Values no caller means: they would silently corrupt every gradient. NaN
+  // passes (the comparisons are false): a non-finite gradient norm makes the
+  // clip factors NaN in Keras too, and the update then propagates it.
   if (kind == ClipKind::kRatio) {
-    for (int64_t i = 0; i < num_tensors; ++i) clip->scalars.push_back({a(0), a(i + 1)});
+    for (int64_t i = 0; i < num_tensors; ++i) {
+      if (a(i + 1) <= T(0)) {
+        return tf::errors::InvalidArgument(
+            "clip_args[", i + 1, "] (the clip-by-norm denominator of grads[", i,
+            "]) must be > 0 (max(norm, clip_norm)), got ",
+            ClipArgForMessage(a(i + 1)));
+      }
+      clip->scalars.push_back({a(0), a(i + 1)});
+    }
   } else if (kind == ClipKind::kValue) {
+    if (a(0) > a(1)) {
+      return tf::errors::InvalidArgument("clip_args = [lo, hi] of clip='value' needs lo <= hi, "
+                                         "got [", ClipArgForMessage(a(0)), ", ",
+                                         ClipArgForMessage(a(1)), "]");
+    }
     clip->scalars.push_back({a(0), a(1)});
   } else {
     clip->scalars.push_back({a(0), T(0)});

@@ -6,11 +6,16 @@
 //
 // Plain SGD has no momentum buffer: `momentums` is an empty list (M = 0).
 // With M = N the momentum buffers are updated and `nesterov` picks the rule.
+//
+// T = half / bfloat16: params, grads, momentums and scalars in that dtype;
+// the kernel computes in float32 and rounds each result to nearest-even
+// (tf/dtypes.h).
 #include "cpu/sgd_cpu.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tf/clip_args.h"
+#include "tf/dtypes.h"
 #include "tf/fused_update.h"
 
 namespace fusedopt {
@@ -39,7 +44,7 @@ REGISTER_OP("FusedoptSgd")
     .Input("weight_decay: T")
     .Input("decay_lr: T")
     .Input("clip_args: T")
-    .Attr("T: {float, double}")
+    .Attr("T: {half, bfloat16, float, double}")
     .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
     .Attr("M: int >= 0")
@@ -66,7 +71,9 @@ m = m * momentum - g * lr and p += m, or with nesterov
 p += m * momentum - g * lr (with the new m). Variables are locked in address
 order; every input is validated before the first write. The gradients are
 first clipped as `clip` says (none, value: [lo, hi], ratio: [numerator,
-denominator per tensor], scale: [scale]; see csrc/kernels/clip.h).
+denominator per tensor], scale: [scale]; see csrc/kernels/clip.h). For
+T = half or bfloat16 the arithmetic is float32 (scalars widened exactly), each
+result rounded to T.
 )doc");
 
 template <typename T>
@@ -95,23 +102,23 @@ class FusedoptSgdOp : public tf::OpKernel {
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "momentums"}, "grads", kSgdScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
 
-    SgdScalars<T> s;
-    s.lr = update.Scalar("lr");
-    s.momentum = update.Scalar("momentum");
-    s.weight_decay = update.Scalar("weight_decay");
-    s.decay_lr = update.Scalar("decay_lr");
+    SgdScalars<kernel_compute_t<T>> s;
+    s.lr = ComputeScalar(update.Scalar("lr"));
+    s.momentum = ComputeScalar(update.Scalar("momentum"));
+    s.weight_decay = ComputeScalar(update.Scalar("weight_decay"));
+    s.decay_lr = ComputeScalar(update.Scalar("decay_lr"));
 
     auto& vars = update.variables();
-    SgdTensors<T> t;
+    SgdTensors<kernel_t<T>> t;
     for (size_t i = 0; i < update.grads().size(); ++i) {
-      t.params.push_back(vars[0][i].template flat<T>().data());
+      t.params.push_back(KernelData<T>(vars[0][i]));
       if (variant_ != SgdVariant::kPlain) {
-        t.m.push_back(vars[1][i].template flat<T>().data());
+        t.m.push_back(KernelData<T>(vars[1][i]));
       }
-      t.grads.push_back(update.grads()[i].template flat<T>().data());
+      t.grads.push_back(KernelData<T>(update.grads()[i]));
       t.sizes.push_back(update.grads()[i].NumElements());
     }
-    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx), clip);
+    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx), ComputeClip(clip));
   }
 
  private:
@@ -125,6 +132,8 @@ class FusedoptSgdOp : public tf::OpKernel {
   REGISTER_KERNEL_BUILDER(                                                     \
       Name("FusedoptSgd").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
       FusedoptSgdOp<T>);
+REGISTER_CPU(Eigen::half);
+REGISTER_CPU(tf::bfloat16);
 REGISTER_CPU(float);
 REGISTER_CPU(double);
 #undef REGISTER_CPU

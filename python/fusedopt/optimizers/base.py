@@ -28,7 +28,9 @@ from fusedopt.optimizers.step_guard import StepGuard
 
 FUSED = "fused"
 
-_FUSED_DTYPES = (tf.float32, tf.float64)
+# float16/bfloat16 variables (Keras "float16"/"bfloat16" policies; slots share
+# the variable's dtype): the kernels compute in float32 and round on store.
+_FUSED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
 def _in_xla_context() -> bool:
@@ -174,7 +176,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         if isinstance(grad, tf.IndexedSlices):
             return "sparse (IndexedSlices) gradient"
         if var.dtype not in _FUSED_DTYPES:
-            return f"dtype {var.dtype.name} (fused: float32, float64)"
+            return f"dtype {var.dtype.name} (fused: float16, bfloat16, float32, float64)"
         if "GPU" in var.device.upper():
             return "variable on a GPU (the GPU kernels are not verified on a GPU yet)"
         return None
