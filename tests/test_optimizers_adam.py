@@ -17,8 +17,7 @@ import keras
 import fusedopt
 from fusedopt import _build_config, _ops
 
-from training import (assert_close_state, assert_same_state, make_data, make_model, state,
-                      train)
+from training import assert_close_state, assert_same_state, make_data, make_model, train
 
 STOCK = {fusedopt.Adam: keras.optimizers.Adam, fusedopt.AdamW: keras.optimizers.AdamW}
 
@@ -163,32 +162,7 @@ def test_amsgrad_falls_back_to_stock():
     assert_same_state(fused, stock)
 
 
-def test_sparse_embedding_gradient_falls_back_and_fuses_the_rest():
-    def build():
-        return keras.Sequential([
-            keras.Input((4,), dtype="int32"),
-            keras.layers.Embedding(10, 6, name="emb"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3, name="out"),
-        ])
-
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, 10, size=(64, 4)).astype("int32")  # duplicate rows per batch
-    y = rng.standard_normal((64, 3)).astype("float32")
-    fused, stock = run_fallback(dict(learning_rate=0.01), build, (x, y))
-    paths = fused.optimizer.fused_paths
-    [emb] = [v for k, v in paths.items() if k.endswith("emb/embeddings")]
-    assert emb.startswith("fallback: sparse"), paths
-    assert sum(v == "fused" for v in paths.values()) == 2  # Dense kernel and bias
-    assert_same_state(fused, stock)
-
-
-def test_xla_falls_back_to_stock_math():
-    fused, stock = run_fallback(dict(learning_rate=0.01), make_model, make_data(64),
-                                jit_compile=True)
-    assert all(p.startswith("fallback: inside an XLA") for p in fused.optimizer.fused_paths.values())
-    for a, b in zip(state(fused), state(stock)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+# Sparse (Embedding) gradients: tests/test_sparse.py; XLA: tests/test_xla.py.
 
 
 def test_float16_variables_fuse():

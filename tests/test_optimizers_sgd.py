@@ -17,8 +17,7 @@ import keras
 
 import fusedopt
 
-from training import (assert_close_state, assert_same_state, make_data, make_model, state,
-                      train)
+from training import assert_close_state, assert_same_state, make_data, make_model, train
 
 
 def assert_all_fused(opt):
@@ -262,45 +261,7 @@ def test_momentum_zero_has_no_slots_and_nesterov_zero_momentum_is_plain():
         assert_same_state(fused, stock)
 
 
-def run_fallback(cls_kwargs, build_model, data, jit_compile=False):
-    """Trains with fusedopt.SGD and stock SGD; returns (fused, stock) models."""
-    def run(cls):
-        keras.utils.set_random_seed(7)
-        model = build_model()
-        model.compile(optimizer=cls(**cls_kwargs), loss="mse", jit_compile=jit_compile)
-        model.fit(*data, batch_size=16, epochs=2, shuffle=False, verbose=0)
-        return model
-
-    return run(fusedopt.SGD), run(keras.optimizers.SGD)
-
-
-def test_sparse_embedding_gradient_falls_back_and_fuses_the_rest():
-    def build():
-        return keras.Sequential([
-            keras.Input((4,), dtype="int32"),
-            keras.layers.Embedding(10, 6, name="emb"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3, name="out"),
-        ])
-
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, 10, size=(64, 4)).astype("int32")  # duplicate rows per batch
-    y = rng.standard_normal((64, 3)).astype("float32")
-    fused, stock = run_fallback(dict(learning_rate=0.05, momentum=0.9), build, (x, y))
-    paths = fused.optimizer.fused_paths
-    [emb] = [v for k, v in paths.items() if k.endswith("emb/embeddings")]
-    assert emb.startswith("fallback: sparse"), paths
-    assert sum(v == "fused" for v in paths.values()) == 2  # Dense kernel and bias
-    assert_same_state(fused, stock)
-
-
-def test_xla_falls_back_to_stock_math():
-    fused, stock = run_fallback(dict(learning_rate=0.05, momentum=0.9), make_model,
-                                make_data(64), jit_compile=True)
-    assert all(p.startswith("fallback: inside an XLA")
-               for p in fused.optimizer.fused_paths.values())
-    for a, b in zip(state(fused), state(stock)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+# Sparse (Embedding) gradients: tests/test_sparse.py; XLA: tests/test_xla.py.
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
