@@ -86,7 +86,8 @@ def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
     # TF cases run 3 steps per tf.function call (XLA included); the raw kernel
     # runs one and says so.
     proc = run_cli("--shapes", "2x1K", "--optimizers", "adam", "--dtypes", "float32",
-                   "--impls", "fusedopt,keras,keras-xla,tf-raw,kernels", "--repeats", "3",
+                   "--impls", "fusedopt,fusedopt-xla,keras,keras-xla,tf-raw,kernels",
+                   "--repeats", "3",
                    "--warmup", "1", "--steps-per-call", "3", "--out", str(tmp_path),
                    "--name", "looped", "--no-plot")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -94,7 +95,7 @@ def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
     doc = json.loads((tmp_path / "looped.json").read_text())
     assert doc["settings"]["steps_per_call"] == 3
     by_impl = {c["impl"]: c for c in doc["cases"]}
-    for impl in ("fusedopt", "keras", "keras-xla", "tf-raw"):
+    for impl in ("fusedopt", "fusedopt-xla", "keras", "keras-xla", "tf-raw"):
         case = by_impl[impl]
         assert case["steps_per_call"] == 3, impl
         if case["status"] == "skipped":  # keras-xla without an XLA JIT
@@ -102,6 +103,9 @@ def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
         assert case["status"] == "ok", (impl, case["note"])
         assert len(case["times_s"]) == 3
     assert by_impl["fusedopt"]["note"] == "fused 2/2"
+    if by_impl["fusedopt-xla"]["status"] == "ok":  # inside XLA: the stock update
+        assert by_impl["fusedopt-xla"]["note"].startswith(
+            "fused 0/2; fallback (2): inside an XLA cluster"), by_impl["fusedopt-xla"]["note"]
     assert by_impl["kernels"]["steps_per_call"] == 1
     with open(tmp_path / "looped.csv", newline="") as f:
         rows = {r["impl"]: r for r in csv.DictReader(f)}
@@ -118,6 +122,7 @@ def test_list_and_filter(capsys):
     names = [line for line in out.splitlines() if line.startswith("adam")]
     assert "adam/float32/20x1M/fusedopt" in names
     assert "adam/float32/20x1M/keras-xla" in names
+    assert "adam/float32/20x1M/fusedopt-xla" in names  # measured by default, beside it
     assert "adam/float32/300x256/tf-raw" in names
     assert "adam/float32/300x256/keras" not in names
     assert all("/20x1M/" in n or n.endswith("300x256/tf-raw") for n in names)
