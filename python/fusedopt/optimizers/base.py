@@ -13,12 +13,18 @@ the stock class.
 Pairs the fused op does not cover fall back to the stock per-variable
 ``update_step``. ``fused_paths`` tells, per variable, which path the last
 traced step took and why.
+
+Under MirroredStrategy and MultiWorkerMirroredStrategy, Keras calls the update
+step once, in cross-replica context, with the all-reduced gradients; the
+fused op then runs once per local device on that device's copies (see
+``_mirrored_update_step``). Other strategies fall back.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from tensorflow.python.distribute import distribute_lib, mirrored_strategy
 from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
@@ -36,6 +42,28 @@ _FUSED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 def _in_xla_context() -> bool:
     graph = tf.compat.v1.get_default_graph()
     return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def _is_mirrored(strategy) -> bool:
+    """MirroredStrategy, or MultiWorkerMirroredStrategy (whose extended,
+    CollectiveAllReduceExtended, subclasses MirroredExtended): every variable
+    is a MirroredVariable with one copy per local device."""
+    return isinstance(strategy.extended, mirrored_strategy.MirroredExtended)
+
+
+def _strategy_reason(strategy) -> str | None:
+    """Why the fused path does not run under `strategy`, or None."""
+    name = type(strategy).__name__
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return f"under tf.distribute {name} (the fused ops have no TPU kernels)"
+    if isinstance(strategy, (tf.distribute.ParameterServerStrategy,
+                             tf.distribute.experimental.CentralStorageStrategy)):
+        return (f"under tf.distribute {name} (variables live on parameter servers or "
+                "one central device; fused: MirroredStrategy, MultiWorkerMirroredStrategy)")
+    if _is_mirrored(strategy):
+        return None
+    return (f"under tf.distribute {name} (fused: MirroredStrategy, "
+            "MultiWorkerMirroredStrategy)")
 
 
 def scalar(value, dtype) -> tf.Tensor:
@@ -135,14 +163,23 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
             return reason
         if _in_xla_context():
             return "inside an XLA cluster (jit_compile=True); the op has no XLA kernel"
-        if tf.distribute.has_strategy() or (
-                distribution is not None and distribution is not tf.distribute.get_strategy()):
-            return "under a tf.distribute strategy"
+        strategy = tf.distribute.get_strategy()
+        if distribution is not None and distribution is not strategy:
+            return ("the optimizer's tf.distribute strategy is not the one running the step "
+                    "(create the optimizer under the strategy's scope)")
+        if tf.distribute.has_strategy():
+            return _strategy_reason(strategy)
         return None
 
     def _can_fold_clip(self) -> bool:
         """Whether a built-in clip can go into the fused op this step."""
-        return self._step_fallback_reason() is None
+        if self._step_fallback_reason() is not None:
+            return False
+        # Keras clips (and fusedopt runs the transformers on) each replica's
+        # gradients before the cross-replica sum, and the update step sees
+        # only the sum: a clip folded into it would clip the sum instead.
+        # With one replica in sync the sum is the gradient itself.
+        return tf.distribute.get_strategy().num_replicas_in_sync == 1
 
     def _clip_gradients(self, grads):
         # Keras' clipvalue / clipnorm / global_clipnorm. Folded into the fused
@@ -182,26 +219,101 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         return None
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
-        groups = {}
-        fallback = []
-        paths = {}
+        if _is_mirrored(distribution) and tf.distribute.in_cross_replica_context():
+            self._mirrored_update_step(distribution, grads_and_vars, learning_rate)
+            return
+        fused, fallback, paths = [], [], {}
         for grad, var in grads_and_vars:
             reason = self._fallback_reason(distribution, grad, var)
-            if reason is None:
-                decay = self._var_key(var) in self._pending_decay
-                groups.setdefault((var.dtype, var.device, decay), []).append((grad, var))
-                paths[self._path(var)] = FUSED
-            else:
-                fallback.append((grad, var))
-                paths[self._path(var)] = "fallback: " + reason
+            (fallback if reason else fused).append((grad, var))
+            paths[self._path(var)] = "fallback: " + reason if reason else FUSED
+        clip, decay = self._take_pending()
 
-        groups = {key: [(tf.cast(g, key[0]), v) for g, v in pairs]
-                  for key, pairs in groups.items()}
+        def stock_update(pairs, learning_rate):
+            decayed = [v for _, v in pairs if self._var_key(v) in decay]
+            if decayed:
+                self._stock_weight_decay(distribution, decayed)
+            super(Optimizer, self)._distributed_tf_update_step(distribution, pairs, learning_rate)
+
+        self._update_pairs(fused, fallback, learning_rate, clip, decay, stock_update)
+        self._fused_paths = paths
+
+    def _mirrored_update_step(self, distribution, grads_and_vars, learning_rate):
+        """The update under MirroredStrategy / MultiWorkerMirroredStrategy.
+
+        Cross-replica context: the gradients are the all-reduced per-device
+        values (PerReplica or Mirrored), the variables MirroredVariables with
+        one copy per local device. `update_non_slot` calls `on_device` once
+        per local device, inside that device's scope and UpdateContext, with
+        the gradients and learning rate of that device (select_replica); it
+        updates that device's copies, exactly as the stock per-variable
+        `extended.update` would, but in one fused op per group.
+        """
+        devices = tuple(distribution.extended.worker_devices)
+        fused, fallback, paths = [], [], {}
+        for grad, var in grads_and_vars:
+            reason = self._mirrored_fallback_reason(distribution, devices, grad, var)
+            (fallback if reason else fused).append((grad, var))
+            paths[self._path(var)] = "fallback: " + reason if reason else FUSED
+        clip, decay = self._take_pending()
+
+        def local(var):
+            # This device's copy; inside the UpdateContext, `.handle` of a
+            # MirroredVariable (the slots) resolves to the same device's copy.
+            replica = distribute_lib.get_update_replica_id()
+            return distribution.experimental_local_results(var)[replica]
+
+        def stock_update(pairs, learning_rate):
+            # What the stock update does per variable and device (the decay
+            # as in the stock TF backend, then update_step on the copy).
+            for grad, var in pairs:
+                if self._var_key(var) in decay:
+                    self._decay_variable(var)
+                self.update_step(grad, var, learning_rate)
+
+        def on_device(fused, fallback, learning_rate):
+            self._update_pairs([(g, local(v)) for g, v in fused],
+                               [(g, local(v)) for g, v in fallback],
+                               learning_rate, clip, decay, stock_update)
+
+        distribution.extended.update_non_slot(
+            devices, on_device, args=(fused, fallback, learning_rate), group=False)
+        self._fused_paths = paths
+
+    def _mirrored_fallback_reason(self, distribution, devices, grad, var) -> str | None:
+        """`_fallback_reason` for a MirroredVariable: the pair is fused only
+        if it can be on every local device."""
+        copies = distribution.experimental_local_results(var)
+        grads = distribution.experimental_local_results(grad)
+        if len(copies) != len(devices):
+            return (f"variable has {len(copies)} copies for the strategy's {len(devices)} "
+                    "local devices")
+        if len(grads) == 1:
+            grads = grads * len(devices)  # the same tensor for every device
+        for g, v in zip(grads, copies):
+            reason = self._fallback_reason(distribution, g, v)
+            if reason:
+                return reason
+        return None
+
+    def _take_pending(self):
+        """The clip and the weight-decay keys recorded for this step (reset)."""
+        clip, decay = self._pending_clip, self._pending_decay
+        self._pending_clip, self._pending_decay = None, set()
+        return clip, decay
+
+    def _update_pairs(self, fused, fallback, learning_rate, clip, decay, stock_update):
+        """Fused op calls for `fused` (grouped by dtype, device, weight decay),
+        with `clip` folded in; `stock_update(pairs, learning_rate)` for the rest."""
+        groups = {}
+        for grad, var in fused:
+            key = (var.dtype, var.device, self._var_key(var) in decay)
+            groups.setdefault(key, []).append((tf.cast(grad, var.dtype), var))
+
         clip_args = {}
-        if self._pending_clip is not None:
-            clip_args, fallback = clipping.fold(_ops.library(), self._pending_clip, groups,
-                                                fallback, self.iterations)
-            self._pending_clip = None
+        if clip is not None:
+            clip_args, fallback = clipping.fold(_ops.library(), clip, groups, fallback,
+                                                self.iterations)
 
         for key, pairs in groups.items():
             with tf.device(key[1]):
@@ -212,15 +324,24 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
                     weight_decay=key[2],
                     clip=clip_args.get(key, clipping.NO_CLIP),
                 )
-
         if fallback:
-            decayed = [v for _, v in fallback if self._var_key(v) in self._pending_decay]
-            if decayed:
-                super()._apply_weight_decay(decayed)
-            super()._distributed_tf_update_step(distribution, fallback, learning_rate)
+            stock_update(fallback, learning_rate)
 
-        self._pending_decay = set()
-        self._fused_paths = paths
+    def _stock_weight_decay(self, distribution, variables):
+        """The stock decay of fallback variables. The stock method merge-calls,
+        which needs a replica context; in cross-replica context (any strategy)
+        it is the same per-variable `extended.update`, called directly."""
+        if tf.distribute.in_cross_replica_context():
+            for var in variables:
+                distribution.extended.update(var, self._decay_variable, group=False)
+        else:
+            super()._apply_weight_decay(variables)
+
+    def _decay_variable(self, variable):
+        # The stock TF backend's weight_decay_fn, same ops in the same order.
+        lr = tf.cast(self.learning_rate, variable.dtype)
+        wd = tf.cast(self.weight_decay, variable.dtype)
+        variable.assign_sub(variable * wd * lr)
 
     def _path(self, variable) -> str:
         """The Keras path ("dense/kernel") of a model variable's tf.Variable;
