@@ -68,7 +68,8 @@ class Adam(_FusedAdamUpdate, Optimizer, keras.optimizers.Adam):
     Same arguments, config, optimizer variables and results as the stock class
     (bit-identical in float32 on the CPU). Variables the fused op does not
     cover (sparse gradients, dtypes other than float32/float64, amsgrad, XLA
-    clusters, tf.distribute strategies) use the stock per-variable update;
+    clusters, tf.distribute strategies other than the mirrored ones) use the
+    stock per-variable update;
     `fused_paths` shows which path each variable took.
     """
 
