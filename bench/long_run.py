@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=500,
                         help="steps before the first sample (tracing, allocator pools)")
     parser.add_argument("--sample-every", type=int, default=1000)
-    parser.add_argument("--max-growth-mb", type=float, default=16.0,
-                        help="fail when RSS grows more than this from the first sample")
+    parser.add_argument("--max-growth-mb", type=float, default=4.0,
+                        help="fail when RSS grows more than this from the first sample "
+                             "(4 MB over 10,000 steps: 400 bytes per step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args(argv)
