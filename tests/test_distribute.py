@@ -6,14 +6,17 @@ under the same strategy.
   device; the copies of each MirroredVariable stay identical; the traced
   train function holds one fused update op per device (and group).
 - MultiWorkerMirroredStrategy: two worker processes on localhost (TF_CONFIG),
-  a few steps of `model.fit` each, fused and stock; both workers end with the
-  same weights, equal to the stock run's.
+  three steps of Keras' train step each (`strategy.run(model.train_step)`:
+  Keras 3.15's `model.fit` itself fails under this strategy, stock optimizers
+  included), fused and stock; both workers end with the same weights, equal
+  to the stock run's, and each ran the fused op on its device.
+- Another strategy (OneDeviceStrategy) falls back, saying so, bit-identical.
 
 Logical devices must be configured before TensorFlow initializes its devices,
 and a process joins one multi-worker cluster at most, so the training runs in
 fresh subprocesses: this file is also their script (`python
-test_distribute.py mirrored OUT` / `worker INDEX OUT`). The tests run each
-kind once (module fixtures) and check the results per case.
+test_distribute.py mirrored OUT` / `worker OUT`). The MirroredStrategy
+subprocess runs once (a module fixture); the tests check its results per case.
 """
 
 import json
@@ -62,6 +65,14 @@ def _optimizers(fusedopt, keras):
                                  gradient_transformers=[tr.ClipByGlobalNorm(0.1)]),
             lambda: keras.optimizers.SGD(learning_rate=0.05, momentum=0.8, nesterov=True,
                                          global_clipnorm=0.1),
+            "dense"),
+        # LossScaleOptimizer applies the inner optimizer in replica context,
+        # inside a cond.
+        "loss_scale_adamw": (
+            lambda: keras.optimizers.LossScaleOptimizer(
+                fusedopt.AdamW(learning_rate=0.01, weight_decay=0.05)),
+            lambda: keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.05)),
             "dense"),
         # run_eagerly=True: the same per-device update, op by op.
         "adamw_eager": (
@@ -138,7 +149,7 @@ def _run_case(tf, keras, strategy, make_fused, make_stock, kind):
     return {
         "fused": _copies(strategy, fused),
         "stock": _copies(strategy, stock),
-        "paths": fused.optimizer.fused_paths,
+        "paths": getattr(fused.optimizer, "inner_optimizer", fused.optimizer).fused_paths,
         "ops": None if kind == "dense_eager" else _fused_ops(_train_functions(tf, fused)),
         "devices": list(strategy.extended.worker_devices),
     }
@@ -283,7 +294,7 @@ def _canonical(device):
 
 
 GRAPH_CASES = ["adam", "adamw_embedding", "sgd_momentum", "sgd_nesterov_clip_transformer",
-               "adam_global_clipnorm"]
+               "adam_global_clipnorm", "loss_scale_adamw"]
 MIRRORED_CASES = GRAPH_CASES + ["adamw_eager"]
 
 
