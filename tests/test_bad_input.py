@@ -224,7 +224,9 @@ KERNEL_CASES = {
     "sgd_params_a_memoryview": ("sgd", set_item("params", 0, lambda a, c: memoryview(a)),
                                 TypeError, r"params\[0\].*NumPy array"),
     "sgd_grads_cuda_array": ("sgd", set_item("grads", 1, lambda a, c: FakeCudaArray(a)),
-                             TypeError, r"grads\[1\].*NumPy array"),
+                             TypeError, r"grads\[1\].*NumPy array.*only kernels.adam"),
+    "norm_cuda_array": ("global_norm", set_item("arrays", 0, lambda a, c: FakeCudaArray(a)),
+                        TypeError, r"arrays\[0\].*NumPy array.*only kernels.adam"),
     "adam_grads_cuda_array": pytest.param(
         "adam", set_item("grads", 1, lambda a, c: FakeCudaArray(a)), RuntimeError,
         rf"grads\[1\] is a CUDA array.*{NO_CUDA}", marks=_no_cuda),

@@ -59,7 +59,13 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
     const std::string name = arg + "[" + std::to_string(i) + "]";
     py::object item = seq[i];
     if (!py::isinstance<py::array>(item)) {
-      throw py::type_error(name + " must be a NumPy array, got " + type_name(item));
+      // kernels.adam routes CUDA arrays to the CUDA kernels before this; here
+      // they reach only functions that have no CUDA version (yet).
+      const bool cuda_like = py::hasattr(item, "__cuda_array_interface__");
+      throw py::type_error(name + " must be a NumPy array, got " + type_name(item) +
+                           (cuda_like ? " (a CUDA array: of the kernels only kernels.adam "
+                                        "takes CUDA arrays)"
+                                      : ""));
     }
     py::array a = py::reinterpret_borrow<py::array>(item);
     HostArray h;

@@ -74,6 +74,10 @@ class FusedUpdate {
     }
     int gstart, gstop;
     TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(grad_list_, &gstart, &gstop));
+    // The scalars' shapes, not their values: like the stock TF/Keras ops the
+    // fused ops accept any value and propagate a NaN (the fused SGD folds a
+    // global-norm scale that Keras makes NaN into lr); ranges are checked
+    // where users pass numbers (the optimizers' arguments, fusedopt.kernels).
     for (const std::string& name : scalars_) {
       const tf::Tensor* t;
       TF_RETURN_IF_ERROR(ctx_->input(name, &t));

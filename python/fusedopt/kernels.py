@@ -13,6 +13,15 @@ gradients only). The update is enqueued on ``stream`` (default: CUDA's legacy
 default stream) and the call returns without waiting for it; arrays must stay
 alive until it has run. Arrays of one call are all NumPy or all on one CUDA
 device.
+
+NumPy arrays must be C-contiguous and aligned (not a view at an odd byte
+offset), in native byte order, and not masked (``numpy.ma``: the kernels would
+ignore the mask); anything else is refused, not copied, since an update of a
+copy would be lost. Arrays that are written must be writeable and must not
+share memory with any other array of the call. Empty arrays and empty lists
+are valid (nothing to do). The kernels run without the GIL and keep their own
+references to the arrays; like NumPy's in-place operations they do not lock
+them, so no other thread may write the same arrays during a call.
 """
 
 from __future__ import annotations
