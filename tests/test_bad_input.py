@@ -666,3 +666,42 @@ def test_tf_ops_pass_non_finite_hyperparameters_through_like_keras(lib, mode):
     _run_op(lib, "sgd", call, mode)
     for x in call["params"]:
         assert np.all(np.isnan(x.numpy()))
+
+
+_TWO_DEVICES_SCRIPT = r"""
+import numpy as np, tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from fusedopt import _ops
+lib = _ops.library()
+with tf.device("/CPU:0"):
+    a = tf.Variable(np.full(4, 3.0, np.float32))
+with tf.device("/CPU:1"):
+    b = tf.Variable(np.full(4, 5.0, np.float32))
+z, one = tf.constant(0.0), tf.constant(1.0)
+def call():
+    lib.fusedopt_sgd(params=[a.handle, b.handle], momentums=[], grads=[tf.ones(4), tf.ones(4)],
+                     lr=one, momentum=z, weight_decay=z, decay_lr=z, clip_args=tf.zeros([0]))
+for run in (call, tf.function(call)):
+    try:
+        run()
+    except tf.errors.InvalidArgumentError as e:
+        assert "incompatible assigned devices" in str(e) and "params_1" in str(e), str(e)
+    else:
+        raise AssertionError("variables on two devices were accepted")
+    assert np.all(a.numpy() == 3.0) and np.all(b.numpy() == 5.0)
+print("ok")
+"""
+
+
+def test_tf_op_refuses_variables_on_two_devices():
+    """Two logical CPU devices (configured before TensorFlow starts, so in a
+    subprocess): variables of one call on different devices are refused by
+    TensorFlow's placer, naming the input (params_1), before the op runs."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _TWO_DEVICES_SCRIPT], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
