@@ -34,6 +34,18 @@ POISON = {np.float32: np.uint32(0x7FC0DEAD), np.float64: np.uint64(0x7FF8DEADBEE
 
 
 @st.composite
+def small_shape(draw):
+    return (draw(st.integers(0, 40)),)
+
+
+def shape_lists(max_size):
+    """A few tensors of any size, or many small ones (the multi-tensor
+    tables of the drivers)."""
+    return st.one_of(st.lists(shapes(), min_size=0, max_size=max_size),
+                     st.lists(small_shape(), min_size=20, max_size=80))
+
+
+@st.composite
 def shapes(draw):
     size = draw(st.one_of(st.sampled_from(EDGE_SIZES), st.integers(0, 3000)))
     # Sometimes 2-D (same memory, another shape); 0-d for size 1.
@@ -119,7 +131,7 @@ def assert_close(name, got, ref, scale, dtype, where=True):
 def adam_cases(draw):
     return dict(
         dtype=draw(st.sampled_from([np.float32, np.float64])),
-        shapes=draw(st.lists(shapes(), min_size=0, max_size=5)),
+        shapes=draw(shape_lists(5)),
         lr=draw(st.one_of(st.just(0.0), st.floats(1e-6, 1.0))),
         beta_1=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999))),
         beta_2=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.9999))),
@@ -187,7 +199,7 @@ def sgd_cases(draw):
         variant=variant,
         momentum=momentum,
         dtype=draw(st.sampled_from([np.float32, np.float64])),
-        shapes=draw(st.lists(shapes(), min_size=0, max_size=5)),
+        shapes=draw(shape_lists(5)),
         lr=draw(st.one_of(st.just(0.0), st.floats(1e-6, 2.0))),
         weight_decay=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.5))),
         clip=draw(clip_options),
@@ -235,7 +247,7 @@ def test_sgd_matches_float64_reference(case):
 
 @SETTINGS
 @given(dtype=st.sampled_from([np.float32, np.float64]),
-       shape_list=st.lists(shapes(), min_size=0, max_size=6),
+       shape_list=shape_lists(6),
        seed=st.integers(0, 2**32 - 1))
 def test_global_norm_matches_float64_reference(dtype, shape_list, seed):
     rng = np.random.default_rng(seed)
@@ -276,3 +288,54 @@ def test_non_finite_gradients_propagate_as_in_keras(dtype, shape_list, seed, spe
         if k == i:
             expected[j] = False
         np.testing.assert_array_equal(finite, expected, err_msg=f"params[{k}]")
+
+
+SPECIALS = [np.inf, -np.inf, np.nan, "max", "subnormal", "-0"]
+
+
+@SETTINGS
+@given(dtype=st.sampled_from([np.float32, np.float64]), shape_list=shape_lists(5),
+       seed=st.integers(0, 2**32 - 1),
+       specials=st.lists(st.sampled_from(SPECIALS), min_size=0, max_size=3))
+def test_all_finite_and_skip_nonfinite(dtype, shape_list, seed, specials):
+    """kernels.all_finite equals NumPy's isfinite over everything (finite
+    extremes included), and skip_nonfinite=True skips exactly the steps it
+    should: returns False and writes nothing, or runs the normal step."""
+    rng = np.random.default_rng(seed)
+    guard = Guarded(rng)
+    g0 = [random_values(rng, s, dtype) for s in shape_list]
+    sizes = [a.size for a in g0]
+    info = np.finfo(dtype)
+    for special in specials:
+        if sum(sizes) == 0:
+            break
+        i = int(rng.choice([k for k, n in enumerate(sizes) if n]))
+        value = {"max": info.max, "subnormal": info.smallest_subnormal, "-0": -0.0}.get(
+            special, special)
+        g0[i].reshape(-1)[int(rng.integers(sizes[i]))] = value
+    g = [guard.place(a) for a in g0]
+    finite = all(np.all(np.isfinite(a)) for a in g0)
+    assert kernels.all_finite(g) is finite
+    guard.check()
+
+    p0 = [random_values(rng, s, dtype) for s in shape_list]
+    m0 = [random_values(rng, s, dtype) for s in shape_list]
+    v0 = [random_values(rng, s, dtype, 1e-4, 4.0) for s in shape_list]
+    p, m, v = ([guard.place(x) for x in xs] for xs in (p0, m0, v0))
+    ran = kernels.adam(p, g, m, v, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2,
+                       skip_nonfinite=True)
+    guard.check()
+    assert ran is finite
+    if not finite:
+        for name, got, old in (("params", p, p0), ("m", m, m0), ("v", v, v0)):
+            for k in range(len(got)):
+                assert got[k].tobytes() == old[k].tobytes(), f"{name}[{k}] written"
+    p0 = [a.copy() for a in p]
+    ran = kernels.sgd(p, g, None, lr=0.5, skip_nonfinite=True)
+    assert ran is finite
+    for k in range(len(p)):
+        if finite:
+            with np.errstate(over="ignore"):
+                np.testing.assert_array_equal(p[k], p0[k] - g0[k] * dtype(0.5))
+        else:
+            assert p[k].tobytes() == p0[k].tobytes()
