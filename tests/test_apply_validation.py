@@ -3,8 +3,8 @@
 Stock Keras updates variable after variable, so in an eager step a gradient
 of the wrong shape for the third variable fails after the first two were
 updated. fusedopt checks the whole step first. Each case runs eagerly and in
-a tf.function, with variables that take the fused path and one (float16)
-that falls back to the stock per-variable update.
+a tf.function, with variables that take the fused path (float32 and float16)
+and one whose sparse gradient falls back to the stock per-variable update.
 """
 
 import numpy as np
@@ -26,7 +26,11 @@ def make_variables(rng):
 
 
 def good_grads(rng, variables):
-    return [tf.constant(rng.standard_normal(v.shape), v.dtype) for v in variables]
+    grads = [tf.constant(rng.standard_normal(v.shape), v.dtype) for v in variables]
+    # w1 gets rows 0 and 3 as IndexedSlices: the stock sparse update.
+    grads[1] = tf.IndexedSlices(tf.constant(rng.standard_normal((2,)), tf.float32),
+                                tf.constant([0, 3]), tf.constant([5]))
+    return grads
 
 
 def snapshot(opt, variables):

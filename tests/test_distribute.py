@@ -84,7 +84,30 @@ def _optimizers(fusedopt, keras):
             lambda: fusedopt.Adam(learning_rate=0.01, global_clipnorm=0.1),
             lambda: keras.optimizers.Adam(learning_rate=0.01, global_clipnorm=0.1),
             "dense"),
+        # skip_nonfinite: two of the six batches hold a NaN / Inf target, each
+        # in one replica's half only; those steps are skipped on every device.
+        # The stock run trains on the data without those batches.
+        "adam_skip_nonfinite": (
+            lambda: fusedopt.Adam(learning_rate=0.01, skip_nonfinite=True),
+            lambda: keras.optimizers.Adam(learning_rate=0.01),
+            "poisoned"),
     }
+
+
+POISONED_BATCHES = (1, 4)  # of 6 global batches of 32; samples 3 and 30 (replicas 0 and 1)
+
+
+def _poisoned_data(training, clean):
+    x, y = training.make_data()
+    keep = np.ones(len(x), bool)
+    for b in POISONED_BATCHES:
+        keep[b * 32:(b + 1) * 32] = False
+    if clean:
+        return x[keep], y[keep]
+    y = y.copy()
+    y[POISONED_BATCHES[0] * 32 + 3, 1] = np.nan
+    y[POISONED_BATCHES[1] * 32 + 30, 0] = np.inf
+    return x, y
 
 
 def _make_embedding_model(keras):
@@ -103,6 +126,14 @@ def _fit(tf, keras, strategy, make_opt, kind):
     if kind in ("dense", "dense_eager"):
         with strategy.scope():
             return training.train(make_opt(), epochs=EPOCHS, run_eagerly=kind == "dense_eager")
+    if kind in ("poisoned", "poisoned_reference"):
+        x, y = _poisoned_data(training, clean=kind == "poisoned_reference")
+        with strategy.scope():
+            keras.utils.set_random_seed(1234)
+            model = training.make_model()
+            model.compile(optimizer=make_opt(), loss="mse")
+        model.fit(x, y, batch_size=32, epochs=EPOCHS, shuffle=False, verbose=0)
+        return model
     rng = np.random.default_rng(3)
     # Repeated indices within and across samples: duplicate sparse rows.
     x = rng.integers(0, 11, (192, 4)).astype("int32")
@@ -146,7 +177,8 @@ def _fused_ops(functions):
 
 def _run_case(tf, keras, strategy, make_fused, make_stock, kind):
     fused = _fit(tf, keras, strategy, make_fused, kind)
-    stock = _fit(tf, keras, strategy, make_stock, kind)
+    stock = _fit(tf, keras, strategy, make_stock,
+                 "poisoned_reference" if kind == "poisoned" else kind)
     return {
         "fused": _copies(strategy, fused),
         "stock": _copies(strategy, stock),
@@ -295,7 +327,7 @@ def _canonical(device):
 
 
 GRAPH_CASES = ["adam", "adamw_embedding", "sgd_momentum", "sgd_nesterov_clip_transformer",
-               "adam_global_clipnorm", "loss_scale_adamw"]
+               "adam_global_clipnorm", "loss_scale_adamw", "adam_skip_nonfinite"]
 MIRRORED_CASES = GRAPH_CASES + ["adamw_eager"]
 
 
@@ -334,6 +366,19 @@ def test_mirrored_fused_op_on_each_device(mirrored, case):
     assert set(counts.values()) == {1}, counts
     # Two replicas: clipping stays before the all-reduce, nothing folded.
     assert not [op for op, _ in result["ops"] if op == "FusedoptSquaredNorms"], result["ops"]
+
+
+def test_mirrored_skip_nonfinite_checks_every_replica(mirrored):
+    result = mirrored["adam_skip_nonfinite"]
+    # Iterations counts the applied steps only: 6 batches, 2 skipped (each
+    # poisoned in one replica's half: the other replica's finite gradients
+    # alone must not let the step through).
+    iterations = [copies for copies in result["fused"] if np.ndim(copies[0]) == 0
+                  and np.issubdtype(np.asarray(copies[0]).dtype, np.integer)]
+    assert [int(c[0]) for c in iterations] == [4], iterations
+    # One all-finite check per replica, on its device.
+    checks = {_canonical(d) for op, d in result["ops"] if op == "FusedoptAllFinite"}
+    assert checks == {_canonical(d) for d in result["devices"]}, result["ops"]
 
 
 def test_mirrored_one_replica_folds_clip(mirrored):

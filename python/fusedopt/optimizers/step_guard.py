@@ -83,8 +83,8 @@ def check_apply_arguments(grads, variables, var_key) -> None:
 def all_finite(grads) -> tf.Tensor:
     """A bool scalar tensor: no element of any gradient is Inf or NaN.
 
-    CPU gradients are checked by one FusedoptAllFinite op per dtype (a single
-    multi-threaded pass); others (GPU tensors, or without the op library) with
+    CPU gradients are checked by one FusedoptAllFinite op per dtype and device
+    (a single multi-threaded pass); others (GPU tensors, or without the op library) with
     the stock per-tensor ops.
     """
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
@@ -94,12 +94,13 @@ def all_finite(grads) -> tf.Tensor:
     for v in values:
         on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
         if lib is not None and on_cpu and v.dtype in _ALL_FINITE_DTYPES:
-            fused.setdefault(v.dtype, []).append(v)
+            fused.setdefault((v.dtype, v.device), []).append(v)
         else:
             other.append(v)
     checks = []
-    for group in fused.values():
-        with tf.device("CPU:0"):
+    for (_, device), group in fused.items():
+        # On the gradients' own CPU device (each replica's, under a strategy).
+        with tf.device(device or None):
             checks.append(lib.fusedopt_all_finite(group))
     checks += [tf.reduce_all(tf.math.is_finite(v)) for v in other]
     if not checks:
@@ -172,9 +173,10 @@ class StepGuard:
     def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
         # Cross-replica context: before the all-reduce each replica holds its
         # own gradients; the step runs only if all of them are finite.
+        # (ReduceOp has SUM and MEAN only: count the replicas with a bad value.)
         per_replica = distribution.extended.call_for_each_replica(
-            lambda g: tf.cast(all_finite(g), tf.int32), args=(grads,))
-        finite = distribution.reduce(tf.distribute.ReduceOp.MIN, per_replica, axis=None) > 0
+            lambda g: tf.cast(tf.logical_not(all_finite(g)), tf.int32), args=(grads,))
+        finite = distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) == 0
         stock_apply = super().apply
 
         def run():
