@@ -15,6 +15,8 @@ import warnings
 from fusedopt import _build_config
 
 _LIBRARY_FILE = "_tf_ops.so"
+# XLA kernels for the ops, where the build found XLA's headers (CMakeLists.txt).
+_XLA_LIBRARY_FILE = "_tf_xla_ops.so"
 
 
 class FusedOpsUnavailableWarning(UserWarning):
@@ -62,6 +64,8 @@ def library():
                 _state["library"] = tf.load_op_library(path)
             except Exception as e:  # tf raises NotFoundError and friends
                 error = f"loading {path} failed: {e}"
+        if error is None:
+            _state["xla"] = _load_xla_kernels(tf)
         if error is not None:
             _state["error"] = error
             warnings.warn(
@@ -71,6 +75,34 @@ def library():
                 stacklevel=2,
             )
     return _state["library"]
+
+
+def _load_xla_kernels(tf) -> bool:
+    """Loads the XLA kernels (after the op library: they register against its
+    ops). False, with the reason in xla_error(), where they are not built or
+    do not load; the optimizers then fall back to the stock update inside XLA
+    clusters, which is correct, so this does not warn."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _XLA_LIBRARY_FILE)
+    if not os.path.exists(path):
+        _state["xla_error"] = "this build has no XLA kernels"
+        return False
+    try:
+        tf.load_op_library(path)
+    except Exception as e:  # noqa: BLE001 - any failure means "no XLA kernels"
+        _state["xla_error"] = f"loading {path} failed: {e}"
+        return False
+    return True
+
+
+def xla_kernels() -> bool:
+    """Whether the fused ops have XLA kernels (FusedoptAdam for now), so that
+    they can run inside an XLA cluster (jit_compile=True)."""
+    return library() is not None and bool(_state.get("xla"))
+
+
+def xla_error() -> str | None:
+    """Why there are no XLA kernels, or None."""
+    return _state.get("xla_error")
 
 
 def load_error() -> str | None:

@@ -93,7 +93,7 @@ def decay_scalars(optimizer, lr, dtype, weight_decay: bool):
     # tf.cast, like the stock TF-backend decay (a Python float goes through
     # float32 there, and so here).
     wd = tf.cast(optimizer.weight_decay, dtype)
-    if tf.executing_eagerly():
+    if tf.executing_eagerly() or _in_xla_context():  # no Grappler inside XLA
         return lr, wd
     return tf.ones([], dtype), wd * lr
 
@@ -154,6 +154,10 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
             self._var_key(v) for v in variables if self._use_weight_decay(v)
         }
 
+    def _fused_op_has_xla_kernel(self) -> bool:
+        """Whether the fused op can run inside an XLA cluster (csrc/tf/xla_ops.cc)."""
+        return False
+
     def _step_fallback_reason(self, distribution=None) -> str | None:
         """Why no variable can take the fused path in this step, or None."""
         if _ops.library() is None:
@@ -161,7 +165,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         reason = self._fused_unsupported_reason()
         if reason:
             return reason
-        if _in_xla_context():
+        if _in_xla_context() and not self._fused_op_has_xla_kernel():
             return "inside an XLA cluster (jit_compile=True); the op has no XLA kernel"
         strategy = tf.distribute.get_strategy()
         if distribution is not None and distribution is not strategy:
