@@ -177,8 +177,21 @@ void check_no_overlap(const std::vector<const std::vector<HostArray>*>& written,
   }
 }
 
+namespace {
+// True, numpy.True_ or a boolean array: converts to 1.0 but is never meant as
+// a learning rate or a decay.
+bool is_boolean(const py::handle& value) {
+  if (py::isinstance<py::bool_>(value)) return true;
+  if (py::isinstance<py::array>(value)) {
+    return py::reinterpret_borrow<py::array>(value).dtype().kind() == 'b';
+  }
+  const std::string type = type_name(value);
+  return type == "bool" || type == "bool_";  // NumPy 2 / NumPy 1 scalar types
+}
+}  // namespace
+
 double check_scalar(const py::handle& value, const std::string& arg) {
-  if (py::isinstance<py::bool_>(value) ||
+  if (is_boolean(value) ||
       !(py::isinstance<py::float_>(value) || py::isinstance<py::int_>(value) ||
         py::hasattr(value, "__float__"))) {
     throw py::type_error(arg + " must be a real number, got " + type_name(value));
