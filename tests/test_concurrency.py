@@ -109,6 +109,50 @@ def test_fused_sgd_ops_on_shared_variables_add_up_exactly(lib, mode):
                                       err_msg=f"variable {i} (in {calls} threads' lists)")
 
 
+def test_fused_ops_beside_tf_training_ops_that_lock_in_order(lib):
+    """TF's own training ops with use_locking=True lock their variables in
+    address order too (MaybeLockVariableInputMutexesInOrder): threads running
+    one on pairs of the variables the fused ops update, as (var, accum) both
+    ways round, must not deadlock with the fused calls (over all of them, in
+    two orders). Values stay finite (ResourceApplyKerasMomentum with momentum
+    0 resets accum, so there is no exact total here)."""
+    shapes = [(17,), (17,), (40000,), (40000,)]
+    variables = [tf.Variable(np.zeros(s, np.float32)) for s in shapes]
+    one, zero = tf.constant(1.0), tf.constant(0.0)
+    iterations = 150
+
+    def fused_fn(order):
+        vs = [variables[i] for i in order]
+
+        @tf.function
+        def fused():
+            lib.fusedopt_sgd(params=[v.handle for v in vs], momentums=[],
+                             grads=[tf.ones(v.shape) for v in vs], lr=one, momentum=zero,
+                             weight_decay=zero, decay_lr=zero, clip_args=tf.zeros([0]))
+        return fused
+
+    def stock_fn(var, accum):
+        @tf.function
+        def stock():
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=variables[var].handle, accum=variables[accum].handle, lr=one,
+                grad=tf.ones(shapes[var]), momentum=zero, use_locking=True)
+        return stock
+
+    fns = [fused_fn([0, 1, 2, 3]), fused_fn([3, 1, 2, 0])]
+    fns += [stock_fn(*pair) for pair in [(0, 1), (1, 0), (2, 3), (3, 2)]]
+
+    def repeat(fn):
+        def run():
+            for _ in range(iterations):
+                fn()
+        return run
+
+    run_threads([repeat(fn) for fn in fns])
+    for i, v in enumerate(variables):
+        assert np.all(np.isfinite(v.numpy())), f"variable {i}"
+
+
 def test_fused_adam_ops_with_variables_in_several_roles(lib):
     """Threads whose lists overlap and where one thread's parameter is another
     thread's moment: every call still validates and locks all of them; the
