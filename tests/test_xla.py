@@ -2,15 +2,17 @@
 
 Nothing can leave an XLA cluster (``jit_compile=True``, or Keras' ``"auto"``
 on a single GPU), so a fused op runs there only with an XLA kernel.
-FusedoptAdam has one (csrc/tf/xla_ops.cc, in ``_tf_xla_ops.so`` where the
-build found XLA's headers): Adam and AdamW stay fused inside XLA, with the
-stock clipping before the op. FusedoptSgd has none: the optimizer detects the
-XLA context at trace time and runs the stock per-variable update, compiled by
-XLA like the stock optimizer's. Either way the results are bit-identical to
-the stock optimizer compiled the same way (checked here, not assumed), and
-``fused_paths`` and the traced graph say which path ran.
+FusedoptAdam and FusedoptSgd have one (csrc/tf/xla_ops.cc, in
+``_tf_xla_ops.so`` where the build found XLA's headers): the optimizers stay
+fused inside XLA, with the stock clipping before the op. Where the kernels
+are missing (a build without XLA headers; simulated here) the optimizers
+detect the XLA context at trace time and run the stock per-variable update
+instead. Either way the results are bit-identical to the stock optimizer
+compiled the same way (checked here, not assumed), and ``fused_paths`` and the
+traced graph say which path ran.
 """
 
+import inspect
 import os
 import subprocess
 import sys
@@ -29,9 +31,13 @@ from training import make_data, make_model, state, train
 
 XLA_FALLBACK = "fallback: inside an XLA cluster"
 
-# Whether this build has the XLA kernel of FusedoptAdam (tested below that it
-# does wherever TensorFlow ships the XLA headers).
+# Whether this build has the XLA kernels (tested below that it does wherever
+# TensorFlow ships the XLA headers).
 XLA_KERNELS = _ops.xla_kernels()
+needs_xla_kernels = pytest.mark.skipif(not XLA_KERNELS, reason="no XLA kernels in this build")
+
+OP_TYPE = {fusedopt.Adam: "FusedoptAdam", fusedopt.AdamW: "FusedoptAdam",
+           fusedopt.SGD: "FusedoptSgd"}
 
 
 def assert_xla_fallback(opt, n):
@@ -40,12 +46,19 @@ def assert_xla_fallback(opt, n):
 
 
 def assert_path_under_xla(opt, n):
-    """Adam fused (with the XLA kernel), SGD (no XLA kernel) on the stock path."""
-    if XLA_KERNELS and isinstance(opt, (fusedopt.Adam, fusedopt.AdamW)):
+    """Fused with the XLA kernels; otherwise the detected fallback."""
+    if XLA_KERNELS:
         paths = opt.fused_paths
         assert len(paths) == n and set(paths.values()) == {"fused"}, paths
     else:
         assert_xla_fallback(opt, n)
+
+
+def assert_same(a, b):
+    sa, sb = state(a), state(b)
+    assert len(sa) == len(sb)
+    for i, (x, y) in enumerate(zip(sa, sb)):
+        np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
 
 
 def test_xla_kernels_are_built_where_tensorflow_has_the_headers():
@@ -54,6 +67,7 @@ def test_xla_kernels_are_built_where_tensorflow_has_the_headers():
         pytest.skip("this TensorFlow ships no XLA headers")
     assert XLA_KERNELS, _ops.xla_error()
     assert fusedopt.build_info()["xla_kernels"] is True
+
 
 SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7)
 
@@ -77,6 +91,12 @@ CASES = {
                            gradient_transformers=[T.clip_by_value(-0.01, 0.01)]),
         keras.optimizers.SGD, dict(learning_rate=0.05, momentum=0.8, nesterov=True,
                                    clipvalue=0.01)),
+    # Gradients that are products by scalars (what Grappler reorders in a
+    # plain graph; inside XLA, XLA simplifies the op's HLO as the stock one).
+    "SGD-accumulation-loss_scale-decay": (
+        fusedopt.SGD, dict(learning_rate=0.05, momentum=0.9, gradient_accumulation_steps=2,
+                           loss_scale_factor=3.0, weight_decay=0.01),
+        keras.optimizers.SGD, None),
 }
 
 
@@ -86,13 +106,25 @@ def test_fit_with_jit_compile_matches_stock_compiled_the_same_way(case):
     fused = train(cls(**kwargs), epochs=2, jit_compile=True)
     stock = train(stock_cls(**(stock_kwargs or kwargs)), epochs=2, jit_compile=True)
     assert_path_under_xla(fused.optimizer, len(fused.trainable_variables))
-    # Bit for bit: the XLA kernel is written with the stock update's ops, in
-    # the same order; the fallback is the stock update itself.
-    sf, ss = state(fused), state(stock)
-    assert len(sf) == len(ss)
-    for i, (a, b) in enumerate(zip(sf, ss)):
-        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
-    assert fused.optimizer.iterations.numpy() == 12
+    # Bit for bit: the XLA kernels are written with the stock update's ops,
+    # in the same order; the fallback is the stock update itself.
+    assert_same(fused, stock)
+    assert fused.optimizer.iterations.numpy() == stock.optimizer.iterations.numpy() > 0
+
+
+@pytest.mark.parametrize("opt_cls,kwargs", [(fusedopt.AdamW, dict()),
+                                            (fusedopt.SGD, dict(momentum=0.9))],
+                         ids=["AdamW", "SGD"])
+def test_without_xla_kernels_the_fallback_is_detected(monkeypatch, opt_cls, kwargs):
+    """The detected fallback, for builds without the XLA kernels."""
+    monkeypatch.setitem(_ops._state, "xla", False)
+    assert not _ops.xla_kernels()
+    kwargs = dict(learning_rate=0.01, weight_decay=0.05, clipnorm=0.05, **kwargs)
+    fused = train(opt_cls(**kwargs), epochs=1, jit_compile=True)
+    stock = train(getattr(keras.optimizers, opt_cls.__name__)(**kwargs), epochs=1,
+                  jit_compile=True)
+    assert_xla_fallback(fused.optimizer, len(fused.trainable_variables))
+    assert_same(fused, stock)
 
 
 def _train_step_graph(opt, jit_compile):
@@ -101,93 +133,38 @@ def _train_step_graph(opt, jit_compile):
     model.compile(optimizer=opt, loss="mse")
     x, y = make_data(32)
     fn = tf.function(model.train_step, jit_compile=jit_compile)
-    return fn.get_concrete_function((x, y)).graph, model
+    return fn, fn.get_concrete_function((x, y)).graph, model, (x, y)
 
 
-def test_compiled_sgd_step_holds_no_fused_op_and_the_plain_step_does():
-    graph, model = _train_step_graph(fusedopt.SGD(momentum=0.9), jit_compile=True)
-    types = [op.type for op in graph.get_operations()]
-    assert "FusedoptSgd" not in types and "FusedoptSquaredNorms" not in types
-    assert_xla_fallback(model.optimizer, len(model.trainable_variables))
-    # The same optimizer without XLA fuses: the detection, not the model,
-    # decides.
-    graph, model = _train_step_graph(fusedopt.SGD(momentum=0.9), jit_compile=False)
-    assert [op.type for op in graph.get_operations()].count("FusedoptSgd") == 1
+@needs_xla_kernels
+@pytest.mark.parametrize("opt", [
+    lambda: fusedopt.AdamW(),
+    lambda: fusedopt.Adam(global_clipnorm=0.1),
+    lambda: fusedopt.SGD(),
+    lambda: fusedopt.SGD(momentum=0.9, nesterov=True, clipnorm=0.1),
+], ids=["AdamW", "Adam-clip", "SGD", "SGD-nesterov-clip"])
+def test_compiled_step_holds_one_fused_op(opt):
+    opt = opt()
+    fn, graph, model, data = _train_step_graph(opt, jit_compile=True)
+    ops = [o for o in graph.get_operations() if o.type == OP_TYPE[type(opt)]]
+    assert len(ops) == 1
+    assert ops[0].get_attr("N") == len(model.trainable_variables)
+    # No folded clipping inside XLA (the norms op has no XLA kernel): the
+    # stock clipping's ops run before the fused op instead.
+    assert ops[0].get_attr("clip") == b"none"
+    assert "FusedoptSquaredNorms" not in [o.type for o in graph.get_operations()]
     assert set(model.optimizer.fused_paths.values()) == {"fused"}
+    # XLA compiles it (this fails for an op without an XLA kernel, see
+    # test_raw_ops_need_the_xla_kernels).
+    assert "HloModule" in fn.experimental_get_compiler_ir(data)(stage="hlo")
 
 
-@pytest.mark.skipif(not XLA_KERNELS, reason="no XLA kernels in this build")
-@pytest.mark.parametrize("kwargs", [dict(), dict(global_clipnorm=0.1)], ids=["plain", "clip"])
-def test_compiled_adam_step_holds_one_fused_op(kwargs):
-    graph, model = _train_step_graph(fusedopt.AdamW(**kwargs), jit_compile=True)
-    types = [op.type for op in graph.get_operations()]
-    assert types.count("FusedoptAdam") == 1
-    # No folded clipping inside XLA (its norms op has no XLA kernel): the
-    # stock clipping's ops are there instead.
-    assert "FusedoptSquaredNorms" not in types
-    [op] = [o for o in graph.get_operations() if o.type == "FusedoptAdam"]
-    assert op.get_attr("clip") == b"none" and op.get_attr("apply_weight_decay")
-    assert set(model.optimizer.fused_paths.values()) == {"fused"}
-    # And XLA really compiles it: the compiled HLO of the step, which fails
-    # for an op without an XLA kernel (see the SGD test below).
-    keras.utils.set_random_seed(0)
-    x, y = make_data(32)
-    fn = tf.function(model.train_step, jit_compile=True)
-    hlo = fn.experimental_get_compiler_ir((x, y))(stage="hlo")
-    assert "sqrt" in hlo
-
-
-_LATE_SCRIPT = """
-import numpy as np, tensorflow as tf
-x = tf.Variable(np.ones(3, np.float32))
-tf.function(lambda: x.assign(x * 2.0 + 1.0), jit_compile=True)()  # XLA registers its kernels
-import keras, fusedopt  # the op library loads after that compilation
-
-def run(cls):
-    v = [tf.Variable(np.linspace(-1, 1, 6, dtype=np.float32))]
-    opt = cls(learning_rate=0.1)
-    opt.build(v)
-    step = tf.function(lambda: opt.apply([tf.constant(np.full(6, 0.5, np.float32))], v),
-                       jit_compile=True)
-    step()
-    step()
-    return v[0].numpy(), opt
-
-fused, opt = run(fusedopt.Adam)
-stock, _ = run(keras.optimizers.Adam)
-assert list(opt.fused_paths.values()) == ["fused"], opt.fused_paths
-np.testing.assert_array_equal(fused, stock)
-print("OK")
-"""
-
-
-@pytest.mark.skipif(not XLA_KERNELS, reason="no XLA kernels in this build")
-def test_kernel_registers_after_an_earlier_xla_compilation():
-    """XLA turns XLA op registrations into JIT kernels once per process; the
-    library registers its kernel itself when it loads after that."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _LATE_SCRIPT], capture_output=True,
-                          text=True, timeout=240, env=env, cwd=os.path.dirname(__file__))
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
-
-
-def test_without_xla_kernels_adam_falls_back_inside_xla(monkeypatch):
-    """The detected fallback, for builds without the XLA kernels."""
-    monkeypatch.setitem(_ops._state, "xla", False)
-    assert not _ops.xla_kernels()
-    kwargs = dict(learning_rate=0.01, weight_decay=0.05, clipnorm=0.05)
-    fused = train(fusedopt.AdamW(**kwargs), epochs=1, jit_compile=True)
-    stock = train(keras.optimizers.AdamW(**kwargs), epochs=1, jit_compile=True)
-    assert_xla_fallback(fused.optimizer, len(fused.trainable_variables))
-    for i, (a, b) in enumerate(zip(state(fused), state(stock))):
-        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
-
-
+@needs_xla_kernels
 @pytest.mark.parametrize("cls,stock_cls", [(fusedopt.Adam, keras.optimizers.Adam),
                                            (fusedopt.SGD, keras.optimizers.SGD)])
-def test_step_nested_in_an_xla_function_is_detected(cls, stock_cls):
+def test_step_nested_in_an_xla_function_is_compiled_too(cls, stock_cls):
     """apply() in an inner tf.function, called from a jit_compile=True one:
-    the inner graph is in the XLA cluster too."""
+    the inner graph is in the XLA cluster too (no Grappler rewrites there)."""
     rng = np.random.default_rng(1)
     values = [rng.standard_normal((4, 3)).astype("float32"),
               rng.standard_normal(5).astype("float32")]
@@ -195,7 +172,7 @@ def test_step_nested_in_an_xla_function_is_detected(cls, stock_cls):
 
     def run(c):
         variables = [tf.Variable(v) for v in values]
-        opt = c(learning_rate=0.1)
+        opt = c(learning_rate=0.1, weight_decay=0.1)
         opt.build(variables)
 
         @tf.function
@@ -215,10 +192,11 @@ def test_step_nested_in_an_xla_function_is_detected(cls, stock_cls):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(not XLA_KERNELS, reason="no XLA kernels in this build")
-def test_half_precision_adam_falls_back_inside_xla():
+@needs_xla_kernels
+@pytest.mark.parametrize("cls", [fusedopt.Adam, fusedopt.SGD])
+def test_half_precision_falls_back_inside_xla(cls):
     var = tf.Variable(np.ones(5, np.float16))
-    opt = fusedopt.Adam()
+    opt = cls()
     tf.function(lambda: opt.apply([tf.constant(np.full(5, 0.5, np.float16))], [var]),
                 jit_compile=True)()
     [path] = opt.fused_paths.values()
@@ -226,7 +204,44 @@ def test_half_precision_adam_falls_back_inside_xla():
     assert np.all(var.numpy() < 1)
 
 
-def _raw_op_under_xla(op_name, clip="none", clip_args=()):
+_LATE_SCRIPT = """
+import numpy as np, tensorflow as tf
+x = tf.Variable(np.ones(3, np.float32))
+tf.function(lambda: x.assign(x * 2.0 + 1.0), jit_compile=True)()  # XLA registers its kernels
+import keras, fusedopt  # the op library loads after that compilation
+
+def run(cls, **kwargs):
+    v = [tf.Variable(np.linspace(-1, 1, 6, dtype=np.float32))]
+    opt = cls(learning_rate=0.1, **kwargs)
+    opt.build(v)
+    step = tf.function(lambda: opt.apply([tf.constant(np.full(6, 0.5, np.float32))], v),
+                       jit_compile=True)
+    step()
+    step()
+    return v[0].numpy(), opt
+
+for cls, stock_cls, kwargs in [(fusedopt.Adam, keras.optimizers.Adam, {}),
+                               (fusedopt.SGD, keras.optimizers.SGD, dict(momentum=0.9))]:
+    fused, opt = run(cls, **kwargs)
+    stock, _ = run(stock_cls, **kwargs)
+    assert list(opt.fused_paths.values()) == ["fused"], opt.fused_paths
+    np.testing.assert_array_equal(fused, stock)
+print("OK")
+"""
+
+
+@needs_xla_kernels
+def test_kernels_register_after_an_earlier_xla_compilation():
+    """XLA turns XLA op registrations into JIT kernels once per process; the
+    library registers its kernels itself when it loads after that."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _LATE_SCRIPT], capture_output=True,
+                          text=True, timeout=240, env=env, cwd=os.path.dirname(__file__))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+
+
+def _raw_op_under_xla(lib, op_name, clip="none", clip_args=()):
+    """A jit_compile=True function calling the raw op on a [1, 1, 1, 1] variable."""
     var = tf.Variable(np.ones(4, np.float32))
     slot = tf.Variable(np.zeros(4, np.float32))
     grad = tf.constant(np.full(4, 0.5, np.float32))
@@ -236,32 +251,54 @@ def _raw_op_under_xla(op_name, clip="none", clip_args=()):
     @tf.function(jit_compile=True)
     def raw():
         if op_name == "FusedoptSgd":
-            _ops.library().fusedopt_sgd(
-                params=[var.handle], momentums=[], lr=one, momentum=one, weight_decay=one,
-                decay_lr=one, nesterov=False, apply_weight_decay=False, **args)
+            lib.fusedopt_sgd(params=[var.handle], momentums=[], lr=one, momentum=one,
+                             weight_decay=one, decay_lr=one, **args)
         else:
-            _ops.library().fusedopt_adam(
-                params=[var.handle], m=[slot.handle], v=[slot.handle], alpha=one,
-                one_minus_beta_1=one, one_minus_beta_2=one, epsilon=one, lr=one,
-                weight_decay=one, **args)
+            lib.fusedopt_adam(params=[var.handle], m=[slot.handle], v=[slot.handle], alpha=one,
+                              one_minus_beta_1=one, one_minus_beta_2=one, epsilon=one, lr=one,
+                              weight_decay=one, **args)
 
     return raw, var
 
 
-def test_sgd_op_itself_cannot_run_under_xla():
-    """Why the SGD fallback exists: the raw op inside a compiled function
-    fails (no XLA kernel). If this ever passes, FusedoptSgd gained an XLA
-    kernel and its fallback should be switched off."""
-    raw, var = _raw_op_under_xla("FusedoptSgd")
-    with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-                        tf.errors.UnimplementedError), match="FusedoptSgd"):
+_NO_XLA_SCRIPT = """
+import importlib.util, os, numpy as np, tensorflow as tf
+# The op library alone, without _tf_xla_ops.so (importing fusedopt would load
+# both).
+package = os.path.dirname(importlib.util.find_spec("fusedopt").origin)
+lib = tf.load_op_library(os.path.join(package, "_tf_ops.so"))
+{raw_op_under_xla}
+for op in ("FusedoptAdam", "FusedoptSgd"):
+    raw, var = _raw_op_under_xla(lib, op)
+    try:
         raw()
-    np.testing.assert_array_equal(var.numpy(), np.ones(4, np.float32))
+    except tf.errors.InvalidArgumentError as e:
+        assert "No registered '" + op + "' OpKernel for XLA_CPU_JIT" in str(e), str(e)
+    else:
+        raise AssertionError(op + " ran under XLA without its XLA kernel")
+    assert np.all(var.numpy() == 1)
+print("OK")
+"""
 
 
-@pytest.mark.skipif(not XLA_KERNELS, reason="no XLA kernels in this build")
-def test_adam_xla_kernel_refuses_folded_clipping():
-    raw, var = _raw_op_under_xla("FusedoptAdam", clip="value", clip_args=(-1.0, 1.0))
+def test_raw_ops_need_the_xla_kernels():
+    """Why the fallback exists: without _tf_xla_ops.so the raw ops fail in a
+    compiled function, and with it they run."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    script = _NO_XLA_SCRIPT.format(raw_op_under_xla=inspect.getsource(_raw_op_under_xla))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=240, env=env, cwd=os.path.dirname(__file__))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+    if XLA_KERNELS:
+        raw, var = _raw_op_under_xla(_ops.library(), "FusedoptSgd")
+        raw()
+        np.testing.assert_array_equal(var.numpy(), np.full(4, 0.5, np.float32))
+
+
+@needs_xla_kernels
+@pytest.mark.parametrize("op_name", ["FusedoptAdam", "FusedoptSgd"])
+def test_xla_kernels_refuse_folded_clipping(op_name):
+    raw, var = _raw_op_under_xla(_ops.library(), op_name, clip="value", clip_args=(-1.0, 1.0))
     with pytest.raises(tf.errors.UnimplementedError, match="clip='none' only"):
         raw()
     np.testing.assert_array_equal(var.numpy(), np.ones(4, np.float32))

@@ -7,11 +7,11 @@ over every variable, as a training loop would run it:
 - ``keras``: ``keras.optimizers.<Optimizer>.apply(grads, variables)``, graph mode;
 - ``keras-xla``: the same with ``tf.function(jit_compile=True)``;
 - ``fusedopt-xla``: fusedopt in ``tf.function(jit_compile=True)``, next to
-  ``keras-xla``: what a user who compiles the train step gets. Adam/AdamW run
-  FusedoptAdam's XLA kernel (where the build has it; note ``fused N/N``),
-  which XLA compiles from the same element-wise ops as the stock update; SGD
-  has no XLA kernel and runs the stock per-variable update inside the cluster
-  (note ``fallback (N): inside an XLA cluster``);
+  ``keras-xla``: what a user who compiles the train step gets. The fused ops'
+  XLA kernels (where the build has them; note ``fused N/N``) are compiled by
+  XLA from the same element-wise ops as the stock update; without them the
+  stock per-variable update runs inside the cluster (note
+  ``fallback (N): inside an XLA cluster``);
 - ``tf-raw``: TensorFlow's own per-variable training ops
   (``tf.raw_ops.ResourceApplyAdam`` / ``ResourceApplyKerasMomentum``), one call
   per variable, hyperparameters and beta powers passed as tensors. TF's Adam

@@ -26,6 +26,8 @@ import math
 
 import tensorflow as tf
 
+from fusedopt.optimizers.base import _in_xla_context
+
 
 class Unsupported(Exception):
     """Grappler would compute the product in a form one kernel input cannot
@@ -233,6 +235,8 @@ def product_of(grad, scales=()):
     lr_leaf = _Leaf()
     unchanged = Product(grad, lr_leaf)
     if tf.executing_eagerly() or isinstance(grad, tf.IndexedSlices):
+        return unchanged
+    if _in_xla_context():  # Grappler leaves XLA clusters to XLA
         return unchanged
     folding, arithmetic = _rewrites_enabled()
     if not arithmetic or not grad.shape.is_fully_defined():

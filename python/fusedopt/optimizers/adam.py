@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from fusedopt import _ops
 from fusedopt import hyperparameters as hp
 from fusedopt.optimizers import clipping
-from fusedopt.optimizers.base import Optimizer, _in_xla_context, decay_scalars, scalar
+from fusedopt.optimizers.base import Optimizer, decay_scalars, scalar
 
 
 class _FusedAdamUpdate:
@@ -30,23 +29,6 @@ class _FusedAdamUpdate:
         if self.amsgrad:
             return "amsgrad=True (not fused yet)"
         return None
-
-    # Inside an XLA cluster (jit_compile=True) FusedoptAdam has an XLA kernel
-    # (csrc/tf/xla_ops.cc, where the build has one) that XLA compiles into the
-    # step. It takes float32/float64 and no folded clipping: there the stock
-    # clipping runs, as XLA compiles it for the stock optimizer.
-
-    def _fused_op_has_xla_kernel(self):
-        return _ops.xla_kernels()
-
-    def _can_fold_clip(self):
-        return not _in_xla_context() and super()._can_fold_clip()
-
-    def _fallback_reason(self, distribution, grad, var):
-        reason = super()._fallback_reason(distribution, grad, var)
-        if reason is None and _in_xla_context() and var.dtype not in (tf.float32, tf.float64):
-            return f"dtype {var.dtype.name} inside an XLA cluster (XLA kernel: float32, float64)"
-        return reason
 
     def _fused_update(self, grads, variables, learning_rate, weight_decay,
                       clip=clipping.NO_CLIP):
@@ -86,7 +68,8 @@ class Adam(_FusedAdamUpdate, Optimizer, keras.optimizers.Adam):
     Same arguments, config, optimizer variables and results as the stock class
     (bit-identical in float32 on the CPU). Variables the fused op does not
     cover (sparse gradients, dtypes other than float32/float64, amsgrad, XLA
-    clusters, tf.distribute strategies other than the mirrored ones) use the
+    clusters in a build without the XLA kernels, tf.distribute strategies
+    other than the mirrored ones) use the
     stock per-variable update;
     `fused_paths` shows which path each variable took.
     """

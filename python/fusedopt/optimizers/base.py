@@ -156,7 +156,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
 
     def _fused_op_has_xla_kernel(self) -> bool:
         """Whether the fused op can run inside an XLA cluster (csrc/tf/xla_ops.cc)."""
-        return False
+        return _ops.xla_kernels()
 
     def _step_fallback_reason(self, distribution=None) -> str | None:
         """Why no variable can take the fused path in this step, or None."""
@@ -178,6 +178,10 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
     def _can_fold_clip(self) -> bool:
         """Whether a built-in clip can go into the fused op this step."""
         if self._step_fallback_reason() is not None:
+            return False
+        # Inside XLA the norms op has no XLA kernel and the XLA kernels take
+        # no clip: the stock clipping runs, compiled as for the stock optimizer.
+        if _in_xla_context():
             return False
         # Keras clips (and fusedopt runs the transformers on) each replica's
         # gradients before the cross-replica sum, and the update step sees
@@ -218,6 +222,10 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
             return "sparse (IndexedSlices) gradient"
         if var.dtype not in _FUSED_DTYPES:
             return f"dtype {var.dtype.name} (fused: float16, bfloat16, float32, float64)"
+        if _in_xla_context() and var.dtype not in (tf.float32, tf.float64):
+            # The CPU kernels' float32 arithmetic would not round like the
+            # stock half-precision update compiled by XLA.
+            return f"dtype {var.dtype.name} inside an XLA cluster (XLA kernels: float32, float64)"
         if "GPU" in var.device.upper():
             return "variable on a GPU (the GPU kernels are not verified on a GPU yet)"
         return None

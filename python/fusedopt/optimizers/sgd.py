@@ -21,7 +21,8 @@ class SGD(Optimizer, keras.optimizers.SGD):
     into the same pass. Same arguments, config, optimizer variables and
     results as the stock class (bit-identical in float32 on the CPU).
     Variables the fused op does not cover (sparse gradients, dtypes other than
-    float32/float64, XLA clusters, tf.distribute strategies other than the
+    float32/float64, XLA clusters in a build without the XLA kernels,
+    tf.distribute strategies other than the
     mirrored ones, GPU variables)
     use the stock per-variable update; `fused_paths` shows which path each
     variable took.
