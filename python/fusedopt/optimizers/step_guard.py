@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
 
@@ -84,12 +85,15 @@ def all_finite(grads) -> tf.Tensor:
     """A bool scalar tensor: no element of any gradient is Inf or NaN.
 
     CPU gradients are checked by one FusedoptAllFinite op per dtype and device
-    (a single multi-threaded pass); others (GPU tensors, or without the op library) with
-    the stock per-tensor ops.
+    (a single multi-threaded pass); others (GPU tensors, inside XLA, or without the op
+    library) with the stock per-tensor ops.
     """
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
     values = [tf.convert_to_tensor(v) for v in values]
-    lib = _ops.library()
+    # FusedoptAllFinite has no XLA kernel: inside an XLA cluster
+    # (jit_compile=True) the stock ops check, compiled by XLA.
+    in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    lib = None if in_xla else _ops.library()
     fused, other = {}, []
     for v in values:
         on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
