@@ -82,6 +82,10 @@ CASES = {
         keras.optimizers.Adam, dict(learning_rate=0.01, global_clipnorm=0.1)),
     "AdamW": (fusedopt.AdamW, dict(learning_rate=0.01, weight_decay=0.05),
               keras.optimizers.AdamW, None),
+    # The update inside XLA conditionals (accumulation) and before the EMA.
+    "Adam-accumulation-ema": (fusedopt.Adam, dict(learning_rate=0.01, gradient_accumulation_steps=3,
+                                                  use_ema=True, ema_overwrite_frequency=2),
+                              keras.optimizers.Adam, None),
     "SGD": (fusedopt.SGD, dict(learning_rate=0.05), keras.optimizers.SGD, None),
     "SGD-momentum-global_clipnorm": (
         fusedopt.SGD, dict(learning_rate=0.05, momentum=0.9, global_clipnorm=0.1),
@@ -110,6 +114,17 @@ def test_fit_with_jit_compile_matches_stock_compiled_the_same_way(case):
     # in the same order; the fallback is the stock update itself.
     assert_same(fused, stock)
     assert fused.optimizer.iterations.numpy() == stock.optimizer.iterations.numpy() > 0
+
+
+def test_loss_scale_optimizer_inside_xla():
+    def lso(cls):
+        return keras.optimizers.LossScaleOptimizer(cls(learning_rate=0.01, weight_decay=0.01))
+
+    fused = train(lso(fusedopt.AdamW), epochs=2, jit_compile=True)
+    stock = train(lso(keras.optimizers.AdamW), epochs=2, jit_compile=True)
+    inner = fused.optimizer.inner_optimizer
+    assert_path_under_xla(inner, len(fused.trainable_variables))
+    assert_same(fused, stock)
 
 
 @pytest.mark.parametrize("opt_cls,kwargs", [(fusedopt.AdamW, dict()),
