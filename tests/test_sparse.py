@@ -19,6 +19,7 @@ import tensorflow as tf
 import keras
 
 import fusedopt
+from fusedopt import _ops
 
 VOCAB, DIM, SEQ = 11, 5, 9  # 9 lookups among 11 rows: duplicates in every batch
 
@@ -56,10 +57,12 @@ def make_model():
     ])
 
 
-def train(opt, run_eagerly, epochs=2):
+def train(opt, mode, epochs=2):
+    """mode: "graph", "eager" (run_eagerly) or "xla" (jit_compile)."""
     keras.utils.set_random_seed(21)
     model = make_model()
-    model.compile(optimizer=opt, loss="mse", run_eagerly=run_eagerly)
+    model.compile(optimizer=opt, loss="mse", run_eagerly=mode == "eager",
+                  jit_compile=mode == "xla")
     x, y = make_data()
     model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, verbose=0)
     return model
@@ -77,12 +80,16 @@ def assert_paths(opt):
     assert len(dense) == 4 and set(dense.values()) == {"fused"}, paths
 
 
-@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
+# Inside XLA too: the embedding takes the stock update there as well, the
+# dense variables the fused op's XLA kernel (tests/test_xla.py).
+@pytest.mark.parametrize("mode", ["graph", "eager", "xla"])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_embedding_matches_stock_in_fit(name, run_eagerly):
+def test_embedding_matches_stock_in_fit(name, mode):
     cls, stock_cls, kwargs = OPTIMIZERS[name]
-    fused = train(cls(**kwargs), run_eagerly)
-    stock = train(stock_cls(**kwargs), run_eagerly)
+    if mode == "xla" and not _ops.xla_kernels():
+        pytest.skip("no XLA kernels in this build (tests/test_xla.py covers the fallback)")
+    fused = train(cls(**kwargs), mode)
+    stock = train(stock_cls(**kwargs), mode)
     assert_paths(fused.optimizer)
     assert fused.optimizer.iterations.numpy() == stock.optimizer.iterations.numpy() == 12
     sf, ss = state(fused), state(stock)
