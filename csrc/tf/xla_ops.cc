@@ -44,7 +44,7 @@ absl::Status CheckNoClip(tf::OpKernelConstruction* ctx, const char* op) {
   return absl::OkStatus();
 }
 
-// Checks that inputs [first, first + count) are scalars; names them if not.
+// Checks that the inputs from index `first` on, one per name, are scalars.
 absl::Status CheckScalars(tf::XlaOpKernelContext* ctx, const char* op, int first,
                           std::initializer_list<const char*> names) {
   int i = first;
