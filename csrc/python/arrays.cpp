@@ -107,6 +107,16 @@ std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg
   return out;
 }
 
+void check_one_dtype(const std::vector<HostArray>& arrays) {
+  for (const HostArray& a : arrays) {
+    if (a.dtype != arrays[0].dtype) {
+      throw py::type_error(a.name + " has dtype " + dtype_name(a.dtype) + " but " +
+                           arrays[0].name + " has " + dtype_name(arrays[0].dtype) +
+                           "; one call takes one dtype");
+    }
+  }
+}
+
 void check_same_layout(const std::vector<HostArray>& params,
                        const std::vector<const std::vector<HostArray>*>& others,
                        const std::vector<std::string>& other_names) {
@@ -123,12 +133,8 @@ void check_same_layout(const std::vector<HostArray>& params,
                             "; every list needs one array per parameter");
     }
   }
+  check_one_dtype(params);
   for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].dtype != params[0].dtype) {
-      throw py::type_error(params[i].name + " has dtype " + dtype_name(params[i].dtype) +
-                           " but params[0] has " + dtype_name(params[0].dtype) +
-                           "; one call takes one dtype");
-    }
     for (const auto* list : others) {
       const HostArray& a = (*list)[i];
       if (a.dtype != params[i].dtype) {

@@ -48,6 +48,9 @@ struct HostArray {
 std::vector<HostArray> host_arrays(const py::handle& obj, const std::string& arg,
                                    bool writable);
 
+// Every array of the list has the dtype of the first (TypeError naming both).
+void check_one_dtype(const std::vector<HostArray>& arrays);
+
 // Same number of arrays in every list, same shape as params[i], one dtype for
 // all; TypeError/ValueError otherwise.
 // other_names[i] names others[i] in messages (needed when that list is empty).

@@ -258,24 +258,14 @@ bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
 
 bool all_finite(py::handle arrays) {
   const auto a = host_arrays(arrays, "arrays", false);
-  for (const HostArray& x : a) {
-    if (x.dtype != a[0].dtype) {
-      throw py::type_error(x.name + " has dtype " + dtype_name(x.dtype) + " but arrays[0] has " +
-                           dtype_name(a[0].dtype) + "; one call takes one dtype");
-    }
-  }
+  check_one_dtype(a);
   py::gil_scoped_release release;
   return host_all_finite(a);
 }
 
 double global_norm(py::handle arrays) {
   const auto a = host_arrays(arrays, "arrays", false);
-  for (const HostArray& x : a) {
-    if (x.dtype != a[0].dtype) {
-      throw py::type_error(x.name + " has dtype " + dtype_name(x.dtype) + " but arrays[0] has " +
-                           dtype_name(a[0].dtype) + "; one call takes one dtype");
-    }
-  }
+  check_one_dtype(a);
   if (a.empty()) return 0.0;
   py::gil_scoped_release release;
   const auto sums = a[0].dtype == DType::kFloat32 ? squared_norms<float>(a) : squared_norms<double>(a);

@@ -102,15 +102,7 @@ class FusedoptAdamOp : public tf::OpKernel {
   int num_tensors_ = 0;
 };
 
-#define REGISTER_CPU(T)                                                         \
-  REGISTER_KERNEL_BUILDER(                                                      \
-      Name("FusedoptAdam").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
-      FusedoptAdamOp<T>);
-REGISTER_CPU(Eigen::half);
-REGISTER_CPU(tf::bfloat16);
-REGISTER_CPU(float);
-REGISTER_CPU(double);
-#undef REGISTER_CPU
+FUSEDOPT_REGISTER_CPU_KERNELS("FusedoptAdam", FusedoptAdamOp);
 
 }  // namespace
 }  // namespace fusedopt

@@ -70,3 +70,19 @@ GradClip<kernel_compute_t<T>> ComputeClip(const GradClip<T>& in) {
 }
 
 }  // namespace fusedopt
+
+// Registers the CPU kernel class template OP<T> of op NAME for every element
+// type the fused ops take ("T: {half, bfloat16, float, double}").
+#define FUSEDOPT_REGISTER_CPU_KERNELS(NAME, OP)                                      \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name(NAME).Device(::tensorflow::DEVICE_CPU).TypeConstraint<Eigen::half>("T"),  \
+      OP<Eigen::half>);                                                              \
+  REGISTER_KERNEL_BUILDER(Name(NAME)                                                 \
+                              .Device(::tensorflow::DEVICE_CPU)                      \
+                              .TypeConstraint<::tensorflow::bfloat16>("T"),          \
+                          OP<::tensorflow::bfloat16>);                               \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name(NAME).Device(::tensorflow::DEVICE_CPU).TypeConstraint<float>("T"),        \
+      OP<float>);                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name(NAME).Device(::tensorflow::DEVICE_CPU).TypeConstraint<double>("T"), OP<double>)

@@ -6,6 +6,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf/dtypes.h"
 #include "tf/fused_update.h"
 
 namespace fusedopt {
@@ -53,15 +54,7 @@ class FusedoptAllFiniteOp : public tf::OpKernel {
   }
 };
 
-#define REGISTER_CPU(T)                                                              \
-  REGISTER_KERNEL_BUILDER(                                                           \
-      Name("FusedoptAllFinite").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
-      FusedoptAllFiniteOp<T>);
-REGISTER_CPU(Eigen::half);
-REGISTER_CPU(tf::bfloat16);
-REGISTER_CPU(float);
-REGISTER_CPU(double);
-#undef REGISTER_CPU
+FUSEDOPT_REGISTER_CPU_KERNELS("FusedoptAllFinite", FusedoptAllFiniteOp);
 
 }  // namespace
 }  // namespace fusedopt

@@ -62,15 +62,7 @@ class FusedoptSquaredNormsOp : public tf::OpKernel {
   }
 };
 
-#define REGISTER_CPU(T)                                                                  \
-  REGISTER_KERNEL_BUILDER(                                                               \
-      Name("FusedoptSquaredNorms").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
-      FusedoptSquaredNormsOp<T>);
-REGISTER_CPU(Eigen::half);
-REGISTER_CPU(tf::bfloat16);
-REGISTER_CPU(float);
-REGISTER_CPU(double);
-#undef REGISTER_CPU
+FUSEDOPT_REGISTER_CPU_KERNELS("FusedoptSquaredNorms", FusedoptSquaredNormsOp);
 
 }  // namespace
 }  // namespace fusedopt

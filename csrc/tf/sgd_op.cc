@@ -128,15 +128,7 @@ class FusedoptSgdOp : public tf::OpKernel {
   int num_tensors_ = 0;
 };
 
-#define REGISTER_CPU(T)                                                        \
-  REGISTER_KERNEL_BUILDER(                                                     \
-      Name("FusedoptSgd").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), \
-      FusedoptSgdOp<T>);
-REGISTER_CPU(Eigen::half);
-REGISTER_CPU(tf::bfloat16);
-REGISTER_CPU(float);
-REGISTER_CPU(double);
-#undef REGISTER_CPU
+FUSEDOPT_REGISTER_CPU_KERNELS("FusedoptSgd", FusedoptSgdOp);
 
 }  // namespace
 }  // namespace fusedopt
