@@ -100,6 +100,15 @@ def xla_kernels() -> bool:
     return library() is not None and bool(_state.get("xla"))
 
 
+def in_xla_context() -> bool:
+    """Whether ops created now go into an XLA cluster (a jit_compile=True
+    function, or a function nested in one), where only ops with XLA kernels run."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def xla_error() -> str | None:
     """Why there are no XLA kernels, or None."""
     return _state.get("xla_error")

@@ -54,6 +54,14 @@ def _label(var) -> str:
     return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
 
 
+def _gradient_shape(grad) -> tf.TensorShape:
+    """The (dense) shape of a gradient; unknown where the trace does not know it."""
+    if isinstance(grad, tf.IndexedSlices):
+        static = None if grad.dense_shape is None else tf.get_static_value(grad.dense_shape)
+        return tf.TensorShape(static)
+    return tf.TensorShape(grad.shape)
+
+
 def _transformer_name(fn) -> str:
     return getattr(fn, "__name__", None) or repr(fn)
 
@@ -212,10 +220,8 @@ class ArgumentStructure:
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
             raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
-        if isinstance(grad, tf.IndexedSlices):
-            shape = tf.TensorShape(tf.get_static_value(grad.dense_shape))
-        elif tf.is_tensor(grad) or hp.is_variable(grad):
-            shape = grad.shape
+        if isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad) or hp.is_variable(grad):
+            shape = _gradient_shape(grad)
         else:
             raise TypeError(
                 f"gradient transformer {name} returned a {type(grad).__name__} for variable "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from tensorflow.python.distribute import distribute_lib, mirrored_strategy
-from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
 from fusedopt.optimizers import clipping
@@ -39,9 +38,7 @@ FUSED = "fused"
 _FUSED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
-def _in_xla_context() -> bool:
-    graph = tf.compat.v1.get_default_graph()
-    return control_flow_util.GraphOrParentsInXlaContext(graph)
+_in_xla_context = _ops.in_xla_context
 
 
 def _is_mirrored(strategy) -> bool:

@@ -20,20 +20,9 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from fusedopt import _ops
-
-
-def _label(var) -> str:
-    return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
-
-
-def _grad_dense_shape(grad):
-    if isinstance(grad, tf.IndexedSlices):
-        static = tf.get_static_value(grad.dense_shape) if grad.dense_shape is not None else None
-        return tf.TensorShape(static) if static is not None else tf.TensorShape(None)
-    return tf.TensorShape(grad.shape)
+from fusedopt.optimizers.arguments import _gradient_shape, _label
 
 
 def check_apply_arguments(grads, variables, var_key) -> None:
@@ -73,7 +62,7 @@ def check_apply_arguments(grads, variables, var_key) -> None:
                 f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype.name}; "
                 "expected a floating-point gradient"
             )
-        shape = _grad_dense_shape(grad)
+        shape = _gradient_shape(grad)
         if not shape.is_compatible_with(tuple(var.shape)):
             raise ValueError(
                 f"gradient {i} has shape {shape} but its variable {_label(var)!r} has shape "
@@ -92,8 +81,7 @@ def all_finite(grads) -> tf.Tensor:
     values = [tf.convert_to_tensor(v) for v in values]
     # FusedoptAllFinite has no XLA kernel: inside an XLA cluster
     # (jit_compile=True) the stock ops check, compiled by XLA.
-    in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    lib = None if in_xla else _ops.library()
+    lib = None if _ops.in_xla_context() else _ops.library()
     fused, other = {}, []
     for v in values:
         on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
