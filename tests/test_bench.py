@@ -4,6 +4,7 @@ to the benchmark's output, not to tests.
 """
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -256,3 +257,91 @@ def test_targets_are_ratios_of_one_run():
     clip = next(r for d, r in results.items() if "clip" in d)
     assert clip["value"] == pytest.approx(1.2 / 1.1) and clip["met"]
     assert any(line.startswith("NOT MET") for line in targets.lines(list(results.values())))
+
+
+def _gclip_case():
+    impl = Implementation("kernels", None, "cpu", True, "")
+    return cases.Case(cases.OPTIMIZERS["adam-gclip"], "float32", cases.Shape(20, 1 << 20), impl)
+
+
+def test_a_case_in_a_fast_moment_is_compared_with_the_memory_beside_it():
+    # The run's floor is the median probe (56 GB/s), but the samples ran while
+    # memory streamed at 103 GB/s (the probe beside each says so): 160% of the
+    # run's floor, yet 87% of the floor of that moment. Seen in
+    # cpu-2026-11-25.json: adam-gclip/float32/20x1M/kernels at 7.4 ms.
+    case = _gclip_case()
+    m = timing.Measurement(status="ok", times_s=[7.42e-3] * 5, probe_gbps=[103.0] * 5)
+    r = report.case_record(case, m, {"cpu": {"gbps": 56.5}})
+    assert r["pct_floor"] == pytest.approx(160, abs=1)
+    assert r["floor_gbps_local"] == 103.0
+    assert r["pct_floor_local"] == pytest.approx(87.8, abs=0.5)
+    assert report.floor_remark(r) == "88% of the floor beside it (103 GB/s)"
+    assert report.beyond_floor_lines([r]) == []
+    r.update(speedup={}, params_per_s=1.0, gbps=90.4, floor_s=11.9e-3, shape="20x1M")
+    (_, _, rows, _), = report.table_sections([r], {"cpu": {"gbps": 56.5}})
+    assert rows[0][7] == "160" and rows[0][-1] == "88% of the floor beside it (103 GB/s)"
+    # Each sample against its own probe: fast and slow moments mixed.
+    m = timing.Measurement(status="ok", times_s=[7.4e-3, 13.6e-3, 7.4e-3, 13.6e-3, 13.6e-3],
+                           probe_gbps=[103.0, 56.0, 103.0, 56.0, 56.0])
+    r = report.case_record(case, m, {"cpu": {"gbps": 56.0}})
+    assert r["pct_floor_local"] == pytest.approx(88, abs=0.5)
+    assert report.floor_remark(r) == ""  # at the run's floor: nothing to explain
+
+
+def test_a_case_beyond_the_floor_beside_it_is_reported():
+    # Twice as fast as the memory allows at that moment: the case skips work
+    # (or counts the wrong bytes, or runs from the cache).
+    m = timing.Measurement(status="ok", times_s=[5.8e-3] * 3, probe_gbps=[56.0] * 3)
+    r = report.case_record(_gclip_case(), m, {"cpu": {"gbps": 56.0}})
+    assert r["pct_floor_local"] == pytest.approx(207, abs=1)
+    (line,) = report.beyond_floor_lines([r])
+    assert line.startswith("BEYOND THE FLOOR: adam-gclip/float32/20x1M/kernels")
+    # Without probe samples (a saved run from before them, GPU cases): no verdict.
+    r = report.case_record(_gclip_case(), timing.Measurement(status="ok", times_s=[5.8e-3]),
+                           {"cpu": {"gbps": 56.0}})
+    assert r["pct_floor_local"] is None and report.beyond_floor_lines([r]) == []
+
+
+def test_cli_probes_beside_every_sample_and_flags_work_not_done(monkeypatch, tmp_path):
+    # A "step" that does nothing is far beyond the floor beside it: the run
+    # says so in its notes and its output, with one probe sample per timed sample.
+    def idle(case, copies):
+        return Runner([lambda: None])
+
+    _fake(monkeypatch, "t-idle", idle)
+    code = cli.main(["--shapes", "4x64K", "--optimizers", "adam-gclip", "--dtypes", "float32",
+                     "--impls", "t-idle,kernels", "--repeats", "4", "--warmup", "1",
+                     "--out", str(tmp_path), "--name", "idle", "--no-plot"])
+    assert code == 0
+    doc = json.loads((tmp_path / "idle.json").read_text())
+    by_impl = {c["impl"]: c for c in doc["cases"]}
+    for case in by_impl.values():
+        assert len(case["probe_gbps_samples"]) == len(case["times_s"]) == 4
+        assert case["floor_gbps_local"] > 0 and case["pct_floor_local"] > 0
+    assert any(n.startswith("BEYOND THE FLOOR: adam-gclip/float32/4x64K/t-idle")
+               for n in doc["notes"])
+    with open(tmp_path / "idle.csv", newline="") as f:
+        assert {"floor_gbps_local", "pct_floor_local"} <= set(next(csv.DictReader(f)))
+
+
+def test_kernels_adam_gclip_case_runs_the_clipped_update():
+    # The bench's kernels case for adam-gclip passes global_clip_norm (its
+    # random gradients have a norm above 1, so every step clips): the same
+    # update as a float64 clip-then-Adam, not plain Adam.
+    from fusedopt.bench import kernel_cases
+
+    case = dataclasses.replace(_gclip_case(), shape=cases.Shape(3, 40000))
+    call, n_state = kernel_cases._kernel_step(case)
+    arrays = kernel_cases._numpy_arrays(case, n_state, np.random.default_rng(0))
+    p, g, m, v = ([a.astype(np.float64) for a in x] for x in arrays)
+    call(arrays, 1)
+    norm = np.sqrt(sum(np.sum(x * x) for x in g))
+    assert norm > 2  # clips: the update differs from plain Adam
+    for i in range(3):
+        gi = g[i] / norm
+        m_ref = m[i] + (gi - m[i]) * 0.1
+        v_ref = v[i] + (gi * gi - v[i]) * 0.001
+        p_ref = p[i] - 1e-3 * np.sqrt(1 - 0.999) / (1 - 0.9) * m_ref / (np.sqrt(v_ref) + 1e-7)
+        np.testing.assert_allclose(arrays[2][i], m_ref, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(arrays[3][i], v_ref, rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(arrays[0][i], p_ref, rtol=1e-5, atol=1e-6)

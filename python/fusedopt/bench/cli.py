@@ -326,7 +326,11 @@ def main(argv=None) -> int:
             if cpu_floor is not None and case.impl.device == "cpu" and case.group != group:
                 # A short probe per group: the floor pools the samples of the whole run.
                 group, probe_gbps = case.group, cpu_floor.probe(3, case.group)
-            m = measure(case, settings, evictors.get(case.impl.device))
+            # A probe sample beside every timed sample (not with --warm-cache:
+            # the probe's pass would flush the cache the case is timed from).
+            beside = (cpu_floor.sample if cpu_floor is not None and case.impl.device == "cpu"
+                      and not args.warm_cache else None)
+            m = measure(case, settings, evictors.get(case.impl.device), probe=beside)
             measurements.append((case, m, probe_gbps if case.impl.device == "cpu" else None))
             progress.finished(case.name, _outcome(m))
     evictors.clear()
@@ -336,6 +340,7 @@ def main(argv=None) -> int:
 
     records = [report.case_record(c, m, floors, probe) for c, m, probe in measurements]
     report.add_speedups(records)
+    notes += report.beyond_floor_lines(records)
     document["targets"] = targets.evaluate(records)
     document.update(floor=floors, notes=notes, cases=records,
                     wall_s=time.time() - started)

@@ -98,6 +98,17 @@ class CpuFloor:
         self.probes.append({"label": label, "times_s": times, "gbps": gbps})
         return gbps
 
+    def sample(self) -> float:
+        """One pass over the buffer, timed: the bandwidth right now, in GB/s.
+
+        Taken beside each timed sample of a case (timing.measure), so that
+        the case can be compared with the memory of the same moment. Not
+        pooled into the run's floor (``summary``), which keeps its meaning.
+        """
+        start = time.perf_counter()
+        self._stream(self._buf, 1.0, 1)
+        return 8 * self._buf.size / (time.perf_counter() - start) / 1e9
+
     def summary(self) -> dict:
         times = [t for p in self.probes for t in p["times_s"]]
         result = _summary(self.METHOD, self._buf.nbytes, self.bytes_per_sample, times)

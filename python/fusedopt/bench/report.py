@@ -9,6 +9,13 @@ Per case (see bench/README.md for the column meanings):
 - ``floor_s``: ``bytes_moved`` at the device's measured streaming bandwidth
   (the median of the probe samples taken throughout the run);
 - ``pct_floor``: ``100 * floor_s / median_s`` (100 = at the memory floor);
+- ``floor_gbps_local``, ``pct_floor_local``: the median of the probe
+  samples taken beside this case's samples (timing.py), i.e. the memory
+  bandwidth at the moment the case ran, and the median over the samples of
+  each sample's percent of the floor at its probe's bandwidth. On a shared machine the two
+  differ when memory was faster or slower than usual during the case; a case
+  above 100% of its *local* floor moves fewer bytes than ``bytes_per_param``
+  says (or runs from the cache) and is listed by :func:`beyond_floor_lines`;
 - ``speedup``: for fusedopt's implementations, each baseline's median over
   this case's median, for the baselines that ran on the same work (optimizer,
   dtype, shape, device).
@@ -29,9 +36,19 @@ SCHEMA = "fusedopt-bench/1"
 CSV_FIELDS = [
     "name", "optimizer", "dtype", "shape", "n_tensors", "tensor_size", "params", "impl",
     "device", "ours", "status", "median_s", "min_s", "max_s", "samples", "params_per_s",
-    "gbps", "bytes_per_param", "bytes_moved", "floor_s", "pct_floor", "first_call_s",
-    "copies", "cache", "steps_per_call", "note",
+    "gbps", "bytes_per_param", "bytes_moved", "floor_s", "pct_floor", "floor_gbps_local",
+    "pct_floor_local", "first_call_s", "copies", "cache", "steps_per_call", "note",
 ]
+
+# A case above 100% of the run's floor whose pct_floor_local is lower by more
+# than this factor gets floor_remark() in the table's note (memory was faster
+# than usual during the case).
+LOCAL_FLOOR_NOTE_RATIO = 1.15
+# A case this far above its local floor is listed as impossible (fewer bytes
+# moved than counted, or a warm cache). 10% leaves room for timing noise and
+# for kernels that stream a little better than the probe (float64 Adam reaches
+# about 100% of it).
+BEYOND_FLOOR_MARGIN = 1.10
 
 
 def case_record(case: Case, m: Measurement, floors: dict,
@@ -72,6 +89,9 @@ def case_record(case: Case, m: Measurement, floors: dict,
         "times_s": m.times_s,
         "median_s": None, "min_s": None, "max_s": None, "params_per_s": None,
         "gbps": None, "floor_s": None, "pct_floor": None, "speedup": {},
+        "probe_gbps_samples": m.probe_gbps,
+        "floor_gbps_local": statistics.median(m.probe_gbps) if m.probe_gbps else None,
+        "pct_floor_local": None,
     }
     if m.error:
         record["error"] = m.error
@@ -85,7 +105,43 @@ def case_record(case: Case, m: Measurement, floors: dict,
             params_per_s=case.params / median, gbps=case.bytes_moved / median / 1e9)
         if record["floor_s"] is not None:
             record["pct_floor"] = 100.0 * record["floor_s"] / median
+        local = record["floor_gbps_local"]
+        if local and len(m.probe_gbps) == len(m.times_s):
+            # Sample by sample (each against the probe just before it), then the
+            # median: a case half in a fast moment and half not is still
+            # compared with the memory of each of its samples.
+            record["pct_floor_local"] = statistics.median(
+                100.0 * case.bytes_moved / (gbps * 1e9) / t
+                for gbps, t in zip(m.probe_gbps, m.times_s, strict=True))
     return record
+
+
+def floor_remark(r: dict) -> str:
+    """For the table's note: a case above 100% of the run's floor that ran
+    while memory was faster than usual says how it compares with the floor
+    of that moment, e.g. '88% of the floor beside it (103 GB/s)'."""
+    pct, local = r.get("pct_floor"), r.get("pct_floor_local")
+    if not pct or not local or pct <= 100.0 or pct / local <= LOCAL_FLOOR_NOTE_RATIO:
+        return ""
+    return f"{local:.0f}% of the floor beside it ({r['floor_gbps_local']:.0f} GB/s)"
+
+
+def beyond_floor_lines(records: list[dict]) -> list[str]:
+    """One line per case faster than the memory floor measured beside it.
+
+    Such a time is impossible for a step that really moves ``bytes_moved``:
+    the case skips work, moves fewer bytes than ``bytes_per_param`` counts, or
+    runs from the cache. (Beating the *run's* floor alone is not suspicious:
+    memory may have been faster than usual during the case, see
+    ``pct_floor_local``.)
+    """
+    return [f"BEYOND THE FLOOR: {r['name']} took {fmt_time(r['median_s'])} ms, "
+            f"{r['pct_floor_local']:.0f}% of the memory floor measured beside it "
+            f"({r['floor_gbps_local']:.1f} GB/s): it moves fewer bytes than "
+            f"{r['bytes_per_param']} B/param, or runs from the cache"
+            for r in records
+            if r["status"] == "ok" and r.get("pct_floor_local") is not None
+            and r["pct_floor_local"] > 100.0 * BEYOND_FLOOR_MARGIN]
 
 
 def add_speedups(records: list[dict]) -> None:
@@ -183,7 +239,7 @@ def table_sections(records: list[dict], floors: dict):
                              f"{r['gbps']:.3g}", _pct(r["pct_floor"])]
                             + [fmt_ratio(r["speedup"].get(b)) if r["ours"] else ""
                                for b in base]
-                            + [r["note"][:48]])
+                            + ["; ".join(x for x in (r["note"][:48], floor_remark(r)) if x)])
                 styles.append("bold green" if r["ours"] else "")
             floor_s = shape_records[0]["floor_s"]
             if floor_s is not None:

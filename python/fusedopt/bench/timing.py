@@ -23,6 +23,15 @@ two ways, chosen per case and recorded in the results:
 
 Cases larger than 4x the cache need neither (``none``). ``--warm-cache``
 turns both off (``warm``): one copy, timed from whatever the cache holds.
+
+The memory beside each sample: ``measure(..., probe=...)`` takes one sample
+of the streaming probe (floor.py) right before each timed sample, untimed, and
+keeps it in ``Measurement.probe_gbps``. On a shared machine the memory
+bandwidth is not constant (on the 2-core VM here it switched between about
+53 and 103 GB/s, for a few samples to a few seconds at a time, and the Adam
+kernel's time halved with it), so each sample is also compared with the floor
+measured just before it, not only with the run's median (report.py). The
+probe's pass also leaves the cache cold.
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ class Measurement:
     rss_bytes: int | None = None  # the process's resident memory after the case
     error: str | None = None  # traceback, for status "error"
     steps_per_call: int = 1  # optimizer steps per timed call; times_s are per step
+    # The streaming probe's bandwidth right before each timed sample (GB/s),
+    # when measure() was given a probe; one entry per entry of times_s.
+    probe_gbps: list = dataclasses.field(default_factory=list)
 
 
 def copies_wanted(case: Case, cache_bytes: int) -> int:
@@ -86,11 +98,13 @@ def is_cold(case: Case, copies: int, cache_bytes: int) -> bool:
     return others * case.footprint_bytes >= COLD_MULTIPLE * cache_bytes
 
 
-def measure(case: Case, settings: Settings, evictor) -> Measurement:
+def measure(case: Case, settings: Settings, evictor, probe=None) -> Measurement:
     """Sets up, warms up and times ``case``. Never raises (except KeyboardInterrupt).
 
     ``evictor`` is a callable flushing the case device's caches, with a
     ``cache_bytes`` attribute; None times one copy from a warm cache.
+    ``probe``: optional ``probe() -> GB/s``, one sample of the memory
+    bandwidth, called (untimed) right before each timed sample.
     """
     result = Measurement(status="ok")
     runner = steps = None
@@ -135,6 +149,8 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
         for i in range(settings.repeats):
             if i >= MIN_SAMPLES and time.perf_counter() - begin > settings.max_seconds:
                 break
+            if probe is not None:
+                result.probe_gbps.append(probe())
             if evict is not None:
                 evict()
             step = steps[i % len(steps)]
@@ -150,12 +166,12 @@ def measure(case: Case, settings: Settings, evictor) -> Measurement:
                 result.times_s.append((time.perf_counter() - t0) / per_call)
     except Skip as e:
         result.status, result.note = "skipped", str(e)
-        result.times_s = []
+        result.times_s, result.probe_gbps = [], []
     except Exception as e:  # noqa: BLE001 - one broken case must not stop the run
         result.status = "error"
         result.note = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         result.error = traceback.format_exc()
-        result.times_s = []
+        result.times_s, result.probe_gbps = [], []
     finally:
         if gc_was_enabled:
             gc.enable()
