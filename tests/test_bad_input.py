@@ -486,7 +486,7 @@ def tf_adam_call(rng):
     c = lambda x: tf.constant(x, tf.float32)  # noqa: E731
     return dict(params=p, m=m, v=v, grads=g, alpha=c(1e-3), one_minus_beta_1=c(0.1),
                 one_minus_beta_2=c(0.001), epsilon=c(1e-7), lr=c(1e-3), weight_decay=c(0.01),
-                clip_args=tf.zeros([0]), apply_weight_decay=True)
+                clip_args=tf.zeros([0]), apply_weight_decay=True, apply_if=[])
 
 
 def tf_sgd_call(rng):
@@ -496,7 +496,7 @@ def tf_sgd_call(rng):
     c = lambda x: tf.constant(x, tf.float32)  # noqa: E731
     return dict(params=p, momentums=mom, grads=g, lr=c(0.1), momentum=c(0.9),
                 weight_decay=c(0.01), decay_lr=c(0.1), clip_args=tf.zeros([0]),
-                nesterov=True, apply_weight_decay=True)
+                nesterov=True, apply_weight_decay=True, apply_if=[])
 
 
 def tf_norms_call(rng):
@@ -685,6 +685,7 @@ with tf.device("/CPU:1"):
 z, one = tf.constant(0.0), tf.constant(1.0)
 def call():
     lib.fusedopt_sgd(params=[a.handle, b.handle], momentums=[], grads=[tf.ones(4), tf.ones(4)],
+                     apply_if=[],
                      lr=one, momentum=z, weight_decay=z, decay_lr=z, clip_args=tf.zeros([0]))
 for run in (call, tf.function(call)):
     try:

@@ -83,7 +83,7 @@ def test_fused_sgd_ops_on_shared_variables_add_up_exactly(lib, mode):
         grads = [tf.ones(v.shape) for v in vs]
 
         def step():
-            lib.fusedopt_sgd(params=[v.handle for v in vs], momentums=[], grads=grads,
+            lib.fusedopt_sgd(apply_if=[], params=[v.handle for v in vs], momentums=[], grads=grads,
                              lr=one, momentum=zero, weight_decay=zero, decay_lr=zero,
                              clip_args=tf.zeros([0]))
         return tf.function(step) if mode == "function" else step
@@ -126,7 +126,7 @@ def test_fused_ops_beside_tf_training_ops_that_lock_in_order(lib):
 
         @tf.function
         def fused():
-            lib.fusedopt_sgd(params=[v.handle for v in vs], momentums=[],
+            lib.fusedopt_sgd(apply_if=[], params=[v.handle for v in vs], momentums=[],
                              grads=[tf.ones(v.shape) for v in vs], lr=one, momentum=zero,
                              weight_decay=zero, decay_lr=zero, clip_args=tf.zeros([0]))
         return fused
@@ -169,7 +169,7 @@ def test_fused_adam_ops_with_variables_in_several_roles(lib):
     def step_fn(p, m, v):
         @tf.function
         def step():
-            lib.fusedopt_adam(params=[variables[i].handle for i in p],
+            lib.fusedopt_adam(apply_if=[], params=[variables[i].handle for i in p],
                               m=[variables[i].handle for i in m],
                               v=[variables[i].handle for i in v], grads=grads, **scalars)
         return step

@@ -150,6 +150,7 @@ def test_every_16_bit_value_loads_and_stores_unchanged(lib, dtype):
     values = all_bit_patterns(dtype)
     p = tf.Variable(values)
     lib.fusedopt_sgd(params=[p.handle], momentums=[], grads=[tf.zeros(values.shape, dtype)],
+                     apply_if=[],
                      lr=tf.zeros([], dtype), momentum=tf.zeros([], dtype),
                      weight_decay=tf.zeros([], dtype), decay_lr=tf.zeros([], dtype),
                      clip_args=tf.zeros([0], dtype))
@@ -204,6 +205,7 @@ def test_store_rounds_float32_to_nearest_even(lib, dtype):
         sel = lrs.astype(np.float32) == lr
         var = tf.Variable(p[sel])
         lib.fusedopt_sgd(params=[var.handle], momentums=[], grads=[tf.constant(g[sel])],
+                         apply_if=[],
                          lr=tf.constant(lr, dtype), momentum=tf.zeros([], dtype),
                          weight_decay=tf.zeros([], dtype), decay_lr=tf.zeros([], dtype),
                          clip_args=tf.zeros([0], dtype))

@@ -135,6 +135,11 @@ CASES = {
                    lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1, global_clipnorm=0.5)),
     "SGD_nesterov": (lambda **kw: fusedopt.SGD(0.05, momentum=0.9, nesterov=True, **kw),
                      lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)),
+    # Gated by a cond around the whole apply (writes outside the fused ops).
+    "Adam_ema": (lambda **kw: fusedopt.Adam(0.01, use_ema=True, **kw),
+                 lambda: keras.optimizers.Adam(0.01, use_ema=True)),
+    "SGD_accumulate": (lambda **kw: fusedopt.SGD(0.05, gradient_accumulation_steps=2, **kw),
+                       lambda: keras.optimizers.SGD(0.05, gradient_accumulation_steps=2)),
 }
 
 
@@ -145,8 +150,10 @@ def test_fit_with_poisoned_batches_equals_stock_without_them(case, run_eagerly):
     x, bad_y, x_clean, y_clean = poisoned_data()
     fused = fit(make_fused(skip_nonfinite=True), x, bad_y, run_eagerly)
     stock = fit(make_stock(), x_clean, y_clean, run_eagerly)
-    # 6 batches per epoch, 2 skipped: the iteration counter counts applied steps.
-    assert int(fused.optimizer.iterations.numpy()) == 3 * 4
+    # 6 batches per epoch, 2 skipped: the iteration counter counts applied
+    # steps (optimizer.iterations counts accumulated steps in Keras).
+    assert int(fused.optimizer._iterations.numpy()) == 3 * 4
+    assert int(fused.optimizer.iterations.numpy()) == int(stock.optimizer.iterations.numpy())
     for i, (a, b) in enumerate(zip(state(fused), state(stock))):
         if case == "AdamW_clip":
             # The fused global norm sums in another (fixed) order than TF's
@@ -184,8 +191,23 @@ def test_traced_step_checks_with_one_fused_op_before_the_update():
     assert types.count("FusedoptAllFinite") == 1
     assert types.count("FusedoptAdam") == 1
     assert "IsFinite" not in types  # no per-tensor stock checks
-    # The update sits in a branch of the cond on the check.
-    assert any(t in ("If", "StatelessIf") for t in (op.type for op in graph.get_operations()))
+    # The check gates the fused op through its apply_if input, not a cond.
+    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    assert adam.get_attr("G") == 1
+    assert adam.inputs[-1].op.type == "FusedoptAllFinite"
+    assert not {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+
+
+def test_steps_with_other_writes_are_gated_by_a_cond():
+    # EMA, accumulators and constraints are written by the stock apply
+    # outside the fused ops: there the whole apply is a cond's true branch.
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    model.compile(optimizer=fusedopt.Adam(skip_nonfinite=True, use_ema=True), loss="mse")
+    x, y = make_data(32)
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    assert {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+    assert "FusedoptAdam" in op_types(graph)
 
 
 def test_one_nonfinite_element_in_one_of_many_variables_skips_everything():
@@ -237,3 +259,114 @@ def test_config_round_trip_and_validation():
     assert "skip_nonfinite" not in fusedopt.SGD().get_config()
     with pytest.raises(TypeError, match="skip_nonfinite must be True or False"):
         fusedopt.Adam(skip_nonfinite="yes")
+
+
+# ------------------------------------------------- the ops' apply_if input
+
+
+def _op_call(lib, op_name, rng, dtype):
+    """(variables, call(apply_if)) for one FusedoptAdam / FusedoptSgd (momentum)
+    call over tensors that straddle the chunk size."""
+    sizes = [(3,), (32768 * 2 + 5,), (40, 7)]
+    params = [tf.Variable(rng.standard_normal(s).astype(dtype)) for s in sizes]
+    slots = [tf.Variable(rng.standard_normal(s).astype(dtype)) for s in sizes]
+    slots2 = [tf.Variable(rng.random(s).astype(dtype)) for s in sizes]
+    grads = [tf.constant(rng.standard_normal(s).astype(dtype)) for s in sizes]
+    c = lambda x: tf.constant(x, dtype)  # noqa: E731
+    if op_name == "FusedoptAdam":
+        variables = params + slots + slots2
+
+        def call(apply_if):
+            lib.fusedopt_adam(params=[v.handle for v in params], m=[v.handle for v in slots],
+                              v=[v.handle for v in slots2], grads=grads, alpha=c(0.01),
+                              one_minus_beta_1=c(0.1), one_minus_beta_2=c(0.001),
+                              epsilon=c(1e-7), lr=c(0.01), weight_decay=c(0.1),
+                              apply_weight_decay=True, clip_args=tf.zeros([0], dtype),
+                              apply_if=apply_if)
+    else:
+        variables = params + slots
+
+        def call(apply_if):
+            lib.fusedopt_sgd(params=[v.handle for v in params],
+                             momentums=[v.handle for v in slots], grads=grads, lr=c(0.1),
+                             momentum=c(0.9), weight_decay=c(0.0), decay_lr=c(0.0),
+                             nesterov=True, clip_args=tf.zeros([0], dtype), apply_if=apply_if)
+    return variables, call
+
+
+def _wrap(call, mode):
+    if mode == "eager":
+        return call
+    return tf.function(call, jit_compile=(mode == "xla"))
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op_name", ["FusedoptAdam", "FusedoptSgd"])
+def test_apply_if_false_writes_nothing_and_true_is_the_plain_update(op_name, dtype, mode):
+    lib = _ops.library()
+    if mode == "xla" and not _ops.xla_kernels():
+        pytest.skip("no XLA kernels in this build")
+    rng = np.random.default_rng(7)
+    variables, call = _op_call(lib, op_name, rng, dtype)
+    start = [v.numpy() for v in variables]
+    gated = _wrap(lambda pred: call([pred]), mode)
+    gated(tf.constant(False))
+    for a, b in zip(variables, start):
+        np.testing.assert_array_equal(a.numpy(), b)
+    gated(tf.constant(True))
+    applied = [v.numpy() for v in variables]
+    assert not np.array_equal(applied[0], start[0])
+    for v, b in zip(variables, start):
+        v.assign(b)
+    _wrap(lambda: call([]), mode)()
+    for a, b in zip(variables, applied):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+@pytest.mark.parametrize("op_name", ["FusedoptAdam", "FusedoptSgd"])
+def test_apply_if_is_checked_and_a_false_one_still_validates(op_name):
+    lib = _ops.library()
+    variables, call = _op_call(lib, op_name, np.random.default_rng(8), "float32")
+    start = [v.numpy() for v in variables]
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="apply_if"):
+        call([tf.constant(True), tf.constant(True)])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="apply_if"):
+        tf.function(lambda p: call([p]))(tf.constant([True, False]))
+    # A bad call fails whatever the predicate says.
+    variables[0].assign(tf.zeros_like(variables[0]))  # value only: shape unchanged
+    bad = tf.Variable(np.ones((2, 2), "float32"))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shape"):
+        if op_name == "FusedoptAdam":
+            lib.fusedopt_adam(params=[bad.handle], m=[bad.handle], v=[bad.handle],
+                              grads=[tf.ones(3)], alpha=1.0, one_minus_beta_1=1.0,
+                              one_minus_beta_2=1.0, epsilon=1.0, lr=1.0, weight_decay=0.0,
+                              clip_args=tf.zeros([0]), apply_if=[tf.constant(False)])
+        else:
+            lib.fusedopt_sgd(params=[bad.handle], momentums=[], grads=[tf.ones(3)], lr=1.0,
+                             momentum=0.0, weight_decay=0.0, decay_lr=0.0,
+                             clip_args=tf.zeros([0]), apply_if=[tf.constant(False)])
+    for a, b in zip(variables[1:], start[1:]):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_traced_step_with_fallback_pairs_skips_them_too():
+    # Sparse gradients take the stock update: under the apply_if gate they
+    # run in a cond on the same predicate.
+    emb = tf.Variable(np.random.default_rng(5).standard_normal((10, 4)).astype("float32"))
+    dense = tf.Variable(np.ones(3, "float32"))
+    opt = fusedopt.Adam(0.1, skip_nonfinite=True)
+    opt.build([emb, dense])
+    step = tf.function(lambda rows, g: opt.apply(
+        [tf.IndexedSlices(rows, tf.constant([3]), tf.constant([10, 4])), g], [emb, dense]))
+    before = [v.numpy() for v in [emb, dense] + list(opt.variables)]
+    step(tf.constant([[1.0, 2, 0, 0]]), tf.constant([1.0, np.inf, 1.0]))
+    step(tf.constant([[1.0, np.nan, 0, 0]]), tf.ones(3))
+    for b, v in zip(before, [emb, dense] + list(opt.variables)):
+        np.testing.assert_array_equal(v.numpy(), b)
+    step(tf.constant([[1.0, 2, 0, 0]]), tf.ones(3))
+    assert int(opt.iterations.numpy()) == 1
+    assert opt.fused_paths[opt._path(dense)] == "fused"
+    assert opt.fused_paths[opt._path(emb)].startswith("fallback")
+    assert not np.array_equal(emb.numpy()[3], before[0][3])
+    assert not np.array_equal(dense.numpy(), before[1])

@@ -81,6 +81,7 @@ def fused_update(lib, mode, params, grads, m, v, scalars, apply_weight_decay):
 
     def run(scalars):
         lib.fusedopt_adam(
+            apply_if=[],
             params=[handle(x) for x in params], m=[handle(x) for x in m],
             v=[handle(x) for x in v], grads=list(grads),
             apply_weight_decay=apply_weight_decay, **scalars)
@@ -223,7 +224,7 @@ def test_function_read_before_the_op_keeps_old_values(lib):
     @tf.function
     def step():
         before = [x.read_value() for x in p]
-        lib.fusedopt_adam(params=[x.handle for x in p], m=[x.handle for x in m],
+        lib.fusedopt_adam(apply_if=[], params=[x.handle for x in p], m=[x.handle for x in m],
                           v=[x.handle for x in v], grads=g, **scalars)
         after = [x.read_value() for x in p]
         return before, after
@@ -338,7 +339,7 @@ def test_non_scalar_hyperparameter_of_known_shape_fails_at_trace_time(lib):
 
     @tf.function
     def step():
-        lib.fusedopt_adam(params=[x.handle for x in call["params"]],
+        lib.fusedopt_adam(apply_if=[], params=[x.handle for x in call["params"]],
                           m=[x.handle for x in call["m"]], v=[x.handle for x in call["v"]],
                           grads=call["grads"], **call["scalars"])
 
@@ -352,7 +353,7 @@ def test_lists_of_different_lengths_are_rejected(lib):
     call = _base_call(np.random.default_rng(20))
     before = values(call["params"] + call["m"] + call["v"])
     with pytest.raises(tf.errors.InvalidArgumentError):
-        lib.fusedopt_adam(params=[x.handle for x in call["params"]],
+        lib.fusedopt_adam(apply_if=[], params=[x.handle for x in call["params"]],
                           m=[x.handle for x in call["m"][:2]],
                           v=[x.handle for x in call["v"]],
                           grads=call["grads"], **call["scalars"])

@@ -33,10 +33,13 @@ def _scalars(dtype, **hyper):
 
 
 def _call_kwargs(lib, dtype=np.float32):
-    """Inputs the op gained later (clip_args) get their 'off' values."""
+    """Inputs the op gained later (clip_args, apply_if) get their 'off' values."""
     kw = {}
-    if "clip_args" in inspect.signature(lib.fusedopt_adam).parameters:
+    parameters = inspect.signature(lib.fusedopt_adam).parameters
+    if "clip_args" in parameters:
         kw["clip_args"] = tf.zeros([0], dtype)
+    if "apply_if" in parameters:
+        kw["apply_if"] = []
     return kw
 
 

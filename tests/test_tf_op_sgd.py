@@ -51,7 +51,7 @@ def fused_update(lib, mode, params, grads, momentums, scalar_inputs, nesterov=Fa
     """One FusedoptSgd call, eagerly or as a freshly traced tf.function."""
 
     def run(s):
-        lib.fusedopt_sgd(params=[getattr(x, "handle", x) for x in params],
+        lib.fusedopt_sgd(apply_if=[], params=[getattr(x, "handle", x) for x in params],
                          momentums=[getattr(x, "handle", x) for x in momentums],
                          grads=list(grads), nesterov=nesterov,
                          apply_weight_decay=apply_weight_decay, **s)
@@ -240,7 +240,7 @@ def test_momentum_list_must_be_empty_or_one_per_param(lib, count):
     call["momentums"] += [tf.Variable(tf.ones([5]))]  # 4 buffers for 3 params
     before = values(call["params"] + call["momentums"])
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="momentums has"):
-        lib.fusedopt_sgd(params=[x.handle for x in call["params"]],
+        lib.fusedopt_sgd(apply_if=[], params=[x.handle for x in call["params"]],
                          momentums=[x.handle for x in call["momentums"][:count]],
                          grads=call["grads"], **call["scalars"])
     for x, b in zip(call["params"] + call["momentums"], before):

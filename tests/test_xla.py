@@ -286,10 +286,11 @@ def _raw_op_under_xla(lib, op_name, clip="none", clip_args=()):
     @tf.function(jit_compile=True)
     def raw():
         if op_name == "FusedoptSgd":
-            lib.fusedopt_sgd(params=[var.handle], momentums=[], lr=one, momentum=one,
+            lib.fusedopt_sgd(apply_if=[], params=[var.handle], momentums=[], lr=one, momentum=one,
                              weight_decay=one, decay_lr=one, **args)
         else:
             lib.fusedopt_adam(params=[var.handle], m=[slot.handle], v=[slot.handle], alpha=one,
+                              apply_if=[],
                               one_minus_beta_1=one, one_minus_beta_2=one, epsilon=one, lr=one,
                               weight_decay=one, **args)
 

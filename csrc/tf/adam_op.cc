@@ -11,6 +11,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf/apply_if.h"
 #include "tf/clip_args.h"
 #include "tf/dtypes.h"
 #include "tf/fused_update.h"
@@ -35,19 +36,20 @@ REGISTER_OP("FusedoptAdam")
     .Input("lr: T")
     .Input("weight_decay: T")
     .Input("clip_args: T")
+    .Input(FUSEDOPT_APPLY_IF_INPUT)
     .Attr("T: {half, bfloat16, float, double}")
     .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
+    .Attr(FUSEDOPT_APPLY_IF_ATTR)
     .Attr("apply_weight_decay: bool = false")
     .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
-      int n;
-      TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
       tf::shape_inference::ShapeHandle unused;
-      // The 0-d hyperparameters; clip_args (the last input) is a vector.
-      for (int i = 4 * n; i < c->num_inputs() - 1; ++i) {
-        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      for (const std::string& name : kAdamScalars) {
+        std::vector<tf::shape_inference::ShapeHandle> shapes;
+        TF_RETURN_IF_ERROR(c->input(name, &shapes));
+        TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
       }
-      return absl::OkStatus();
+      return ApplyIfShape(c);
     })
     .Doc(R"doc(
 Multi-tensor Adam/AdamW (Keras semantics), updating params, m and v in place.
@@ -55,7 +57,8 @@ Multi-tensor Adam/AdamW (Keras semantics), updating params, m and v in place.
 For every element: if apply_weight_decay, p -= p * weight_decay * lr; then
 m += (g - m) * one_minus_beta_1; v += (g * g - v) * one_minus_beta_2;
 p -= (m * alpha) / (sqrt(v) + epsilon). Variables are locked in address order;
-every input is validated before the first write. For T = half or bfloat16 the
+every input is validated before the first write. With apply_if = [pred]
+(G = 1) nothing is written unless pred is true. For T = half or bfloat16 the
 arithmetic is float32 (scalars widened exactly), each result rounded to T.
 )doc");
 
@@ -73,8 +76,11 @@ class FusedoptAdamOp : public tf::OpKernel {
   void Compute(tf::OpKernelContext* ctx) override {
     GradClip<T> clip;
     OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, clip_kind_, num_tensors_, &clip));
+    bool apply;
+    OP_REQUIRES_OK(ctx, ReadApplyIf(ctx, &apply));
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "m", "v"}, "grads", kAdamScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
+    if (!apply) return;
 
     AdamScalars<kernel_compute_t<T>> s;
     s.alpha = ComputeScalar(update.Scalar("alpha"));

@@ -10,6 +10,7 @@
 
 #include "cuda/adam_cuda.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf/apply_if.h"
 #include "tf/fused_update.h"
 #include "tf/gpu_util.h"
 
@@ -36,11 +37,17 @@ class FusedoptAdamGpuOp : public tf::OpKernel {
     const cuda::Stream stream = GpuStream(ctx);
     OP_REQUIRES(ctx, stream != nullptr,
                 tf::errors::Internal("FusedoptAdam: no CUDA stream for the GPU kernel"));
+    // apply_if lives in host memory: skipping decides on the host, which
+    // waits for the predicate's producer (the GPU skip_nonfinite path that
+    // avoids this synchronization is not built yet).
+    bool apply;
+    OP_REQUIRES_OK(ctx, ReadApplyIf(ctx, &apply));
     FusedUpdate<GpuDevice, T> update(
         ctx, {"params", "m", "v"}, "grads",
         {"alpha", "one_minus_beta_1", "one_minus_beta_2", "epsilon", "lr", "weight_decay"},
         GpuBufferCopy(stream));
     OP_REQUIRES_OK(ctx, update.Prepare());
+    if (!apply) return;
 
     const auto scalars = cuda::AdamCudaScalars::Precomputed(
         DeviceScalarInput<T>(ctx, "alpha"), DeviceScalarInput<T>(ctx, "one_minus_beta_1"),
@@ -73,7 +80,7 @@ class FusedoptAdamGpuOp : public tf::OpKernel {
 
 #define REGISTER_GPU(T)                                                   \
   REGISTER_KERNEL_BUILDER(                                                \
-      Name("FusedoptAdam").Device(tf::DEVICE_GPU).TypeConstraint<T>("T"), \
+      Name("FusedoptAdam").Device(tf::DEVICE_GPU).TypeConstraint<T>("T").HostMemory("apply_if"), \
       FusedoptAdamGpuOp<T>);
 REGISTER_GPU(float);
 REGISTER_GPU(double);

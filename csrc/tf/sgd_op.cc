@@ -14,6 +14,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tf/apply_if.h"
 #include "tf/clip_args.h"
 #include "tf/dtypes.h"
 #include "tf/fused_update.h"
@@ -44,10 +45,12 @@ REGISTER_OP("FusedoptSgd")
     .Input("weight_decay: T")
     .Input("decay_lr: T")
     .Input("clip_args: T")
+    .Input(FUSEDOPT_APPLY_IF_INPUT)
     .Attr("T: {half, bfloat16, float, double}")
     .Attr(FUSEDOPT_CLIP_ATTR)
     .Attr("N: int >= 1")
     .Attr("M: int >= 0")
+    .Attr(FUSEDOPT_APPLY_IF_ATTR)
     .Attr("nesterov: bool = false")
     .Attr("apply_weight_decay: bool = false")
     .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
@@ -56,11 +59,12 @@ REGISTER_OP("FusedoptSgd")
       TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
       TF_RETURN_IF_ERROR(CheckMomentumCount(n, m));
       tf::shape_inference::ShapeHandle unused;
-      // The 0-d hyperparameters; clip_args (the last input) is a vector.
-      for (int i = 2 * n + m; i < c->num_inputs() - 1; ++i) {
-        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      for (const std::string& name : kSgdScalars) {
+        std::vector<tf::shape_inference::ShapeHandle> shapes;
+        TF_RETURN_IF_ERROR(c->input(name, &shapes));
+        TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
       }
-      return absl::OkStatus();
+      return ApplyIfShape(c);
     })
     .Doc(R"doc(
 Multi-tensor SGD (Keras semantics), updating params and momentums in place.
@@ -71,7 +75,8 @@ m = m * momentum - g * lr and p += m, or with nesterov
 p += m * momentum - g * lr (with the new m). Variables are locked in address
 order; every input is validated before the first write. The gradients are
 first clipped as `clip` says (none, value: [lo, hi], ratio: [numerator,
-denominator per tensor], scale: [scale]; see csrc/kernels/clip.h). For
+denominator per tensor], scale: [scale]; see csrc/kernels/clip.h). With
+apply_if = [pred] (G = 1) nothing is written unless pred is true. For
 T = half or bfloat16 the arithmetic is float32 (scalars widened exactly), each
 result rounded to T.
 )doc");
@@ -99,8 +104,11 @@ class FusedoptSgdOp : public tf::OpKernel {
   void Compute(tf::OpKernelContext* ctx) override {
     GradClip<T> clip;
     OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, clip_kind_, num_tensors_, &clip));
+    bool apply;
+    OP_REQUIRES_OK(ctx, ReadApplyIf(ctx, &apply));
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "momentums"}, "grads", kSgdScalars);
     OP_REQUIRES_OK(ctx, update.Prepare());
+    if (!apply) return;
 
     SgdScalars<kernel_compute_t<T>> s;
     s.lr = ComputeScalar(update.Scalar("lr"));

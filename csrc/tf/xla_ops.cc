@@ -17,7 +17,10 @@
 //          p += m * momentum - g * lr           (nesterov, with the new m)
 // Under XLA the Python optimizers do not fold clipping into the ops (clip
 // must be "none"): the stock clipping runs before them, as XLA compiles it.
+// With apply_if = [pred], every new value is select(pred, new, old).
 #include <initializer_list>
+#include <optional>
+#include <vector>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -58,6 +61,35 @@ absl::Status CheckScalars(tf::XlaOpKernelContext* ctx, const char* op, int first
   return absl::OkStatus();
 }
 
+// The predicate of the optional apply_if input (G = 0 or 1), if any.
+absl::Status ApplyIf(tf::XlaOpKernelContext* ctx, const char* op,
+                     std::optional<xla::XlaOp>* pred) {
+  std::vector<xla::XlaOp> list;
+  std::vector<tf::TensorShape> shapes;
+  TF_RETURN_IF_ERROR(ctx->InputList("apply_if", &list, &shapes));
+  if (list.size() > 1) {
+    return tf::errors::InvalidArgument(op, ": apply_if takes at most one predicate, got ",
+                                       list.size());
+  }
+  pred->reset();
+  if (list.empty()) return absl::OkStatus();
+  if (!tf::TensorShapeUtils::IsScalar(shapes[0])) {
+    return tf::errors::InvalidArgument(op, ": apply_if[0] must be a scalar bool, got shape ",
+                                       shapes[0].DebugString());
+  }
+  *pred = list[0];
+  return absl::OkStatus();
+}
+
+// Assigns `value` to variable input `input`, or keeps `old` where the
+// predicate is false.
+absl::Status Assign(tf::XlaOpKernelContext* ctx, int input, tf::DataType dtype,
+                    const tf::TensorShape& shape, const std::optional<xla::XlaOp>& pred,
+                    xla::XlaOp old, xla::XlaOp value) {
+  if (pred) value = xla::Select(xla::Broadcast(*pred, shape.dim_sizes()), value, old);
+  return ctx->AssignVariable(input, dtype, value);
+}
+
 // p - (p * weight_decay) * lr: the stock decay, before the update.
 xla::XlaOp Decayed(xla::XlaOp p, xla::XlaOp weight_decay, xla::XlaOp lr) {
   return xla::Sub(p, xla::Mul(xla::Mul(p, weight_decay), lr));
@@ -85,6 +117,8 @@ class FusedoptAdamXlaOp : public tf::XlaOpKernel {
     xla::XlaOp epsilon = ctx->Input(scalars + 3);
     xla::XlaOp lr = ctx->Input(scalars + 4);
     xla::XlaOp weight_decay = ctx->Input(scalars + 5);
+    std::optional<xla::XlaOp> pred;
+    OP_REQUIRES_OK(ctx, ApplyIf(ctx, "FusedoptAdam", &pred));
 
     for (int i = 0; i < n; ++i) {
       tf::TensorShape p_shape, m_shape, v_shape;
@@ -100,15 +134,16 @@ class FusedoptAdamXlaOp : public tf::XlaOpKernel {
                       "; m, v and grads must have the same, got ", m_shape.DebugString(),
                       ", ", v_shape.DebugString(), ", ", g_shape.DebugString()));
       xla::XlaOp g = ctx->Input(3 * n + i);
+      const xla::XlaOp p0 = p, m0 = m, v0 = v;
 
       if (apply_weight_decay_) p = Decayed(p, weight_decay, lr);
       m = xla::Add(m, xla::Mul(xla::Sub(g, m), one_minus_beta_1));
       v = xla::Add(v, xla::Mul(xla::Sub(xla::Mul(g, g), v), one_minus_beta_2));
       p = xla::Sub(p, xla::Div(xla::Mul(m, alpha), xla::Add(xla::Sqrt(v), epsilon)));
 
-      OP_REQUIRES_OK(ctx, ctx->AssignVariable(i, dtype_, p));
-      OP_REQUIRES_OK(ctx, ctx->AssignVariable(n + i, dtype_, m));
-      OP_REQUIRES_OK(ctx, ctx->AssignVariable(2 * n + i, dtype_, v));
+      OP_REQUIRES_OK(ctx, Assign(ctx, i, dtype_, p_shape, pred, p0, p));
+      OP_REQUIRES_OK(ctx, Assign(ctx, n + i, dtype_, p_shape, pred, m0, m));
+      OP_REQUIRES_OK(ctx, Assign(ctx, 2 * n + i, dtype_, p_shape, pred, v0, v));
     }
   }
 
@@ -144,6 +179,8 @@ class FusedoptSgdXlaOp : public tf::XlaOpKernel {
     xla::XlaOp momentum = ctx->Input(scalars + 1);
     xla::XlaOp weight_decay = ctx->Input(scalars + 2);
     xla::XlaOp decay_lr = ctx->Input(scalars + 3);
+    std::optional<xla::XlaOp> pred;
+    OP_REQUIRES_OK(ctx, ApplyIf(ctx, "FusedoptSgd", &pred));
 
     for (int i = 0; i < n; ++i) {
       tf::TensorShape p_shape;
@@ -155,6 +192,7 @@ class FusedoptSgdXlaOp : public tf::XlaOpKernel {
                       "FusedoptSgd: params[", i, "] has shape ", p_shape.DebugString(),
                       " but grads[", i, "] has shape ", g_shape.DebugString()));
       xla::XlaOp g = ctx->Input(n + m_count + i);
+      const xla::XlaOp p0 = p;
 
       if (apply_weight_decay_) p = Decayed(p, weight_decay, decay_lr);
       if (m_count == 0) {
@@ -167,12 +205,13 @@ class FusedoptSgdXlaOp : public tf::XlaOpKernel {
                     tf::errors::InvalidArgument(
                         "FusedoptSgd: params[", i, "] has shape ", p_shape.DebugString(),
                         " but momentums[", i, "] has shape ", m_shape.DebugString()));
+        const xla::XlaOp m0 = m;
         m = xla::Sub(xla::Mul(m, momentum), xla::Mul(g, lr));
-        OP_REQUIRES_OK(ctx, ctx->AssignVariable(n + i, dtype_, m));
+        OP_REQUIRES_OK(ctx, Assign(ctx, n + i, dtype_, p_shape, pred, m0, m));
         p = nesterov_ ? xla::Add(p, xla::Sub(xla::Mul(m, momentum), xla::Mul(g, lr)))
                       : xla::Add(p, m);
       }
-      OP_REQUIRES_OK(ctx, ctx->AssignVariable(i, dtype_, p));
+      OP_REQUIRES_OK(ctx, Assign(ctx, i, dtype_, p_shape, pred, p0, p));
     }
   }
 

@@ -31,7 +31,7 @@ class _FusedAdamUpdate:
         return None
 
     def _fused_update(self, grads, variables, learning_rate, weight_decay,
-                      clip=clipping.NO_CLIP):
+                      clip=clipping.NO_CLIP, apply_if=None):
         # The scalars are computed with the same ops, in the same order and
         # dtype, as keras.optimizers.Adam.update_step, so that the fused op
         # reproduces the stock optimizer bit for bit. (Note ops.cast of a Python
@@ -58,6 +58,7 @@ class _FusedAdamUpdate:
             apply_weight_decay=weight_decay,
             clip=clip[0],
             clip_args=clipping.clip_args(clip, dtype),
+            apply_if=[] if apply_if is None else [apply_if],
         )
 
 

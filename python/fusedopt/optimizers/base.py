@@ -121,10 +121,12 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         return None
 
     def _fused_update(self, grads, variables, learning_rate, weight_decay: bool,
-                      clip=clipping.NO_CLIP):
+                      clip=clipping.NO_CLIP, apply_if=None):
         """Updates `variables` (tf.Variables of one dtype and device) in one op.
 
         clip: (kind, clip_args) for the op's `clip` attribute and input.
+        apply_if: None, or a bool scalar tensor for the op's `apply_if` input
+        (the op writes nothing where it is false).
         """
         raise NotImplementedError
 
@@ -313,7 +315,13 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
 
     def _update_pairs(self, fused, fallback, learning_rate, clip, decay, stock_update):
         """Fused op calls for `fused` (grouped by dtype, device, weight decay),
-        with `clip` folded in; `stock_update(pairs, learning_rate)` for the rest."""
+        with `clip` folded in; `stock_update(pairs, learning_rate)` for the rest.
+
+        Under skip_nonfinite's predicate (StepGuard: `_step_predicate`) the
+        fused ops take it as their `apply_if` input and the rest runs in a
+        cond on it.
+        """
+        apply_if = self._step_predicate
         groups = {}
         for grad, var in fused:
             key = (var.dtype, var.device, self._var_key(var) in decay)
@@ -332,9 +340,12 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
                     learning_rate,
                     weight_decay=key[2],
                     clip=clip_args.get(key, clipping.NO_CLIP),
+                    apply_if=apply_if,
                 )
-        if fallback:
+        if fallback and apply_if is None:
             stock_update(fallback, learning_rate)
+        elif fallback:
+            tf.cond(apply_if, lambda: stock_update(fallback, learning_rate), lambda: None)
 
     def _stock_weight_decay(self, distribution, variables):
         """The stock decay of fallback variables. The stock method merge-calls,

@@ -73,7 +73,7 @@ class SGD(Optimizer, keras.optimizers.SGD):
         return bool(self.momentums)
 
     def _fused_update(self, grads, variables, learning_rate, weight_decay,
-                      clip=clipping.NO_CLIP):
+                      clip=clipping.NO_CLIP, apply_if=None):
         # The scalars are computed with the same ops and dtype as
         # keras.optimizers.SGD.update_step (ops.cast of a Python float goes
         # through float32, as in the stock code), so that the fused op
@@ -121,4 +121,5 @@ class SGD(Optimizer, keras.optimizers.SGD):
                 apply_weight_decay=weight_decay,
                 clip=call_clip[0],
                 clip_args=clipping.clip_args(call_clip, dtype),
+                apply_if=[] if apply_if is None else [apply_if],
             )
