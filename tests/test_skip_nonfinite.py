@@ -97,6 +97,42 @@ def test_kernels_adam_and_sgd_skip_whole_step(dtype):
     assert not np.array_equal(p[0], before[0])
 
 
+CLIPS = [{}, {"clip_value": 0.1}, {"clip_norm": 1.0}, {"global_clip_norm": 1.0}]
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: next(iter(c), "no_clip"))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", BAD, ids=["inf", "-inf", "nan"])
+def test_kernels_skip_with_clipping(clip, dtype, bad):
+    # With clipping by norm the norms' pass is the check: every bad value in
+    # any tensor, even in the last element of a chunk, must still skip.
+    rng = np.random.default_rng(5)
+    p, g, m, v = adam_arrays(rng, dtype)
+    g[2][32767] = bad
+    before = [x.copy() for x in p + m + v]
+    assert kernels.adam(p, g, m, v, lr=0.1, step=3, skip_nonfinite=True, **clip) is False
+    assert kernels.sgd(p, g, m, lr=0.1, momentum=0.9, skip_nonfinite=True, **clip) is False
+    for b, a in zip(before, p + m + v):
+        np.testing.assert_array_equal(a, b)
+    g[2][32767] = 0.25
+    copies = [x.copy() for x in p]
+    assert kernels.sgd(p, g, None, lr=0.1, skip_nonfinite=True, **clip) is True
+    kernels.sgd(copies, g, None, lr=0.1, **clip)
+    for a, b in zip(p, copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kernels_float64_norm_overflow_with_finite_elements_is_not_skipped():
+    # The squares of 1e200 overflow a float64 sum although every element is
+    # finite: the element check decides, and the step runs (clip by norm
+    # scales these gradients to zero).
+    p = [np.ones(10), np.ones(3)]
+    g = [np.full(10, 1e200), np.full(3, 0.5)]
+    assert kernels.sgd(p, g, None, lr=0.1, clip_norm=1.0, skip_nonfinite=True) is True
+    np.testing.assert_array_equal(p[0], np.ones(10))  # scaled by 1 / inf = 0
+    assert not np.array_equal(p[1], np.ones(3))
+
+
 def test_kernels_skip_nonfinite_must_be_bool():
     rng = np.random.default_rng(3)
     p, g, m, v = adam_arrays(rng)
@@ -370,3 +406,67 @@ def test_traced_step_with_fallback_pairs_skips_them_too():
     assert opt.fused_paths[opt._path(emb)].startswith("fallback")
     assert not np.array_equal(emb.numpy()[3], before[0][3])
     assert not np.array_equal(dense.numpy(), before[1])
+
+
+# ------------------------- global-norm clipping: the norm's pass is the check
+
+
+def _step_graph(opt):
+    keras.utils.set_random_seed(0)
+    model = make_model()
+    model.compile(optimizer=opt, loss="mse")
+    x, y = make_data(32)
+    return tf.function(model.train_step).get_concrete_function((x, y)).graph
+
+
+def test_folded_global_norm_clip_is_the_check():
+    graph = _step_graph(fusedopt.Adam(global_clipnorm=1.0, skip_nonfinite=True))
+    types = op_types(graph)
+    assert "FusedoptAllFinite" not in types  # no second pass over the gradients
+    assert types.count("FusedoptSquaredNorms") == 1
+    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    assert adam.get_attr("clip") == b"scale"
+    assert adam.inputs[-1].op.type == "IsFinite"
+
+
+def test_a_transformer_before_the_clip_keeps_the_separate_check():
+    # The clip then sees transformed gradients, which may be finite where
+    # apply()'s are not: the check reads apply()'s own.
+    def identity(grads_and_vars):
+        return grads_and_vars
+
+    graph = _step_graph(fusedopt.Adam(skip_nonfinite=True, gradient_transformers=[
+        identity, fusedopt.transformers.ClipByGlobalNorm(1.0)]))
+    types = op_types(graph)
+    assert types.count("FusedoptAllFinite") == 1
+    assert types.count("FusedoptSquaredNorms") == 1
+
+
+@pytest.mark.parametrize("bad", ["nan_in_sparse", "overflowing_norm"])
+def test_global_norm_check_covers_fallback_pairs_and_overflow(bad):
+    rng = np.random.default_rng(11)
+    emb = tf.Variable(rng.standard_normal((10, 4)).astype("float32"))
+    dense = tf.Variable(rng.standard_normal((3, 5)).astype("float32"))
+    opt = fusedopt.Adam(0.1, global_clipnorm=1.0, skip_nonfinite=True)
+    opt.build([emb, dense])
+    step = tf.function(lambda rows, g: opt.apply(
+        [tf.IndexedSlices(rows, tf.constant([3]), tf.constant([10, 4])), g], [emb, dense]))
+    rows, g = rng.standard_normal((1, 4)), rng.standard_normal((3, 5))
+    step(tf.constant(rows, tf.float32), tf.constant(g, tf.float32))
+    before = [v.numpy() for v in [emb, dense] + list(opt.variables)]
+    if bad == "nan_in_sparse":
+        rows[0, 2] = np.nan
+    else:
+        # Every element finite, but the squares overflow float32: the stock
+        # clip's global norm is Inf and its scale NaN, so the clipped step
+        # would write NaN everywhere. Skipped as well.
+        g[:] = 3e19
+        stock = keras.optimizers.Adam(0.1, global_clipnorm=1.0)
+        copy = tf.Variable(dense)
+        stock.apply([tf.constant(g, tf.float32)], [copy])
+        assert np.isnan(copy.numpy()).all()
+    step(tf.constant(rows, tf.float32), tf.constant(g, tf.float32))
+    for b, v in zip(before, [emb, dense] + list(opt.variables)):
+        np.testing.assert_array_equal(v.numpy(), b)
+    assert int(opt.iterations.numpy()) == 1
+    assert opt.fused_paths[opt._path(dense)] == "fused"

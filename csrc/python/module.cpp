@@ -76,22 +76,32 @@ std::vector<double> squared_norms(const std::vector<HostArray>& x) {
   return out;
 }
 
-// The clip factors for `grads` (kernels/clip.h), computed in double as
-// tf.clip_by_value / tf.clip_by_norm / Keras' clip_by_global_norm define them.
+// The squared norms of `grads` that the clip needs (by norm, by global
+// norm); empty for the others.
+std::vector<double> clip_squared_norms(const ClipRequest& request,
+                                       const std::vector<HostArray>& grads) {
+  if (request.kind != ClipKind::kRatio && request.kind != ClipKind::kScale) return {};
+  return grads[0].dtype == DType::kFloat32 ? squared_norms<float>(grads)
+                                           : squared_norms<double>(grads);
+}
+
+// The clip factors (kernels/clip.h) from the gradients' squared norms
+// (clip_squared_norms), computed in double as tf.clip_by_value /
+// tf.clip_by_norm / Keras' clip_by_global_norm define them.
 template <typename T>
-GradClip<T> make_clip(const ClipRequest& request, const std::vector<HostArray>& grads) {
+GradClip<T> make_clip(const ClipRequest& request, const std::vector<double>& squared) {
   GradClip<T> clip;
   clip.kind = request.kind;
   const double c = request.threshold;
   if (request.kind == ClipKind::kValue) {
     clip.scalars.push_back({static_cast<T>(-c), static_cast<T>(c)});
   } else if (request.kind == ClipKind::kRatio) {
-    for (double sq : squared_norms<T>(grads)) {
+    for (double sq : squared) {
       clip.scalars.push_back({static_cast<T>(c), static_cast<T>(std::max(std::sqrt(sq), c))});
     }
   } else if (request.kind == ClipKind::kScale) {
     double total = 0.0;
-    for (double sq : squared_norms<T>(grads)) total += sq;
+    for (double sq : squared) total += sq;
     const double norm = std::sqrt(total);
     // A non-finite norm makes the scale NaN, as in Keras.
     const double scale = c * std::min(1.0 / norm, 1.0 / c) + (norm - norm);
@@ -112,6 +122,21 @@ bool host_all_finite(const std::vector<HostArray>& arrays) {
   const FloatFormat format =
       arrays[0].dtype == DType::kFloat32 ? FloatFormat::kFloat32 : FloatFormat::kFloat64;
   return all_finite_cpu(format, data, sizes, pool_parallel_for());
+}
+
+// Whether the step may run under skip_nonfinite. The clip's squared norms,
+// where there are any, already read every element: a NaN or Inf makes its
+// tensor's sum non-finite, and summed in double float32 squares cannot
+// overflow, so finite sums settle it without a second pass. (Only a float64
+// sum can overflow with finite elements: then the elements decide.)
+bool step_is_finite(const std::vector<HostArray>& grads, const std::vector<double>& squared) {
+  if (!squared.empty()) {
+    bool finite = true;
+    for (double sq : squared) finite = finite && std::isfinite(sq);
+    if (finite) return true;
+    if (grads[0].dtype == DType::kFloat32) return false;
+  }
+  return host_all_finite(grads);
 }
 
 bool check_flag(py::handle value, const char* name) {
@@ -184,14 +209,15 @@ bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
 
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
-  if (skip && !host_all_finite(g_)) return false;
+  const std::vector<double> squared = clip_squared_norms(clip, g_);
+  if (skip && !step_is_finite(g_, squared)) return false;
   if (p_[0].dtype == DType::kFloat32) {
     adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
-             decay, pool_parallel_for(), make_clip<float>(clip, g_));
+             decay, pool_parallel_for(), make_clip<float>(clip, squared));
   } else {
     adam_cpu(adam_views<double>(p_, g_, m_, v_),
              make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
-             make_clip<double>(clip, g_));
+             make_clip<double>(clip, squared));
   }
   return true;
 }
@@ -245,13 +271,14 @@ bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
                                          : SgdVariant::kMomentum;
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
-  if (skip && !host_all_finite(g_)) return false;
+  const std::vector<double> squared = clip_squared_norms(clip, g_);
+  if (skip && !step_is_finite(g_, squared)) return false;
   if (p_[0].dtype == DType::kFloat32) {
     sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
-            decay, pool_parallel_for(), make_clip<float>(clip, g_));
+            decay, pool_parallel_for(), make_clip<float>(clip, squared));
   } else {
     sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
-            decay, pool_parallel_for(), make_clip<double>(clip, g_));
+            decay, pool_parallel_for(), make_clip<double>(clip, squared));
   }
   return true;
 }

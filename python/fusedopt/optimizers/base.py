@@ -113,6 +113,9 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         self._pending_decay = set()
         # A built-in clip transformer the fused op applies (see clipping.py).
         self._pending_clip = None
+        # Whether that clip's gradients are apply()'s, element for element
+        # finite or not (no loss-scale division, no transformer before it).
+        self._clip_sees_raw_grads = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -197,6 +200,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         if clip is None or self.gradient_transformers or not self._can_fold_clip():
             return super()._clip_gradients(grads)
         self._pending_clip = clip
+        self._clip_sees_raw_grads = self.loss_scale_factor is None
         return grads
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -208,6 +212,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
                 and self._can_fold_clip()):
             self._pending_clip = transformers[-1]
             transformers = transformers[:-1]
+            self._clip_sees_raw_grads = not transformers and self.loss_scale_factor is None
         if transformers:
             grads = self._apply_transformers(transformers, grads, trainable_variables)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -321,7 +326,7 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         fused ops take it as their `apply_if` input and the rest runs in a
         cond on it.
         """
-        apply_if = self._step_predicate
+        predicate = self._step_predicate
         groups = {}
         for grad, var in fused:
             key = (var.dtype, var.device, self._var_key(var) in decay)
@@ -329,8 +334,14 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
 
         clip_args = {}
         if clip is not None:
-            clip_args, fallback = clipping.fold(_ops.library(), clip, groups, fallback,
-                                                self.iterations)
+            clip_args, fallback, global_norm = clipping.fold(
+                _ops.library(), clip, groups, fallback, self.iterations)
+            if predicate is not None and global_norm is not None and self._clip_sees_raw_grads:
+                # The norm's pass read every gradient of the step: it is not
+                # finite if any element is not (or if it overflows, when the
+                # clipped step would write NaN everywhere). No second pass.
+                predicate.provide(tf.math.is_finite(global_norm))
+        apply_if = None if predicate is None else predicate.value()
 
         for key, pairs in groups.items():
             with tf.device(key[1]):

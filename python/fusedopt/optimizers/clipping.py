@@ -54,14 +54,15 @@ def fold(lib, clip, groups, fallback, step):
 
     groups: {key: [(grad, var), ...]} of the fused path (dense, one dtype each).
     step: the optimizer's iteration count, for thresholds given as schedules.
-    Returns ({key: (kind, clip_args)}, fallback pairs with clipped grads).
+    Returns ({key: (kind, clip_args)}, fallback pairs with clipped grads,
+    the global norm for clip by global norm, else None).
     """
     if isinstance(clip, tr.ClipByValue):
         lo = tr.threshold(clip, "min_value", step)
         hi = tr.threshold(clip, "max_value", step)
         args = {key: ("value", tf.stack([_cast(lo, _dtype(pairs)), _cast(hi, _dtype(pairs))]))
                 for key, pairs in groups.items()}
-        return args, clip(fallback, step=step) if fallback else fallback
+        return args, clip(fallback, step=step) if fallback else fallback, None
 
     squared = {key: lib.fusedopt_squared_norms([g for g, _ in pairs])
                for key, pairs in groups.items()}
@@ -79,7 +80,7 @@ def fold(lib, clip, groups, fallback, step):
             l2norm = tf.where(positive, tf.sqrt(tf.where(positive, l2sum, tf.ones_like(l2sum))),
                               l2sum)
             args[key] = ("ratio", tf.concat([tf.reshape(c, [1]), tf.maximum(l2norm, c)], 0))
-        return args, clip(fallback, step=step) if fallback else fallback
+        return args, clip(fallback, step=step) if fallback else fallback, None
 
     # Global norm over every gradient, fused groups and fallback alike, with
     # Keras' formula: a non-finite norm makes the scale (and so every
@@ -94,7 +95,7 @@ def fold(lib, clip, groups, fallback, step):
     args = {key: ("scale", tf.reshape(tf.cast(scale, _dtype(pairs)), [1]))
             for key, pairs in groups.items()}
     clipped = [(_scale(g, scale), v) for g, v in fallback]
-    return args, clipped
+    return args, clipped, use_norm
 
 
 def _dtype(pairs):

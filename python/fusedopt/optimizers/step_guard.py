@@ -20,6 +20,10 @@ Two guards around the stock ``apply``:
    overwrite-with-gradient variables), the ops take it as their ``apply_if``
    input and the pairs that fall back run in a cond; ``iterations``, which
    Keras increments unconditionally, is decremented again on a skipped step.
+   With global-norm clipping folded into the ops, the norm's own pass over
+   the gradients is the check (a non-finite norm: some element is not
+   finite, or the norm overflows, when the clipped step would be NaN
+   everywhere), so the check costs no extra pass.
    Otherwise the whole stock ``apply`` is the true branch of a cond, whose
    switch on every captured variable costs about a third of a small step
    (300 variables of 256 elements). Eagerly, the step runs or not in Python.
@@ -114,6 +118,27 @@ def all_finite(grads) -> tf.Tensor:
 _ALL_FINITE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
+class StepPredicate:
+    """Whether the step being traced may write: computed where first needed.
+
+    A pass that reads every gradient of the step anyway (the global norm of a
+    folded clip) can `provide` it; otherwise `value()` runs `check`.
+    """
+
+    def __init__(self, check):
+        self._check = check
+        self._value = None
+
+    def provide(self, value) -> None:
+        if self._value is None:
+            self._value = value
+
+    def value(self) -> tf.Tensor:
+        if self._value is None:
+            self._value = self._check()
+        return self._value
+
+
 class StepGuard:
     """Mixin for fusedopt optimizers: argument checks and ``skip_nonfinite``."""
 
@@ -125,8 +150,8 @@ class StepGuard:
             )
         super().__init__(*args, **kwargs)
         self._skip_nonfinite = skip_nonfinite
-        # While a gated apply traces: the bool tensor the fused ops take as
-        # their apply_if input (base.Optimizer._update_pairs).
+        # While a gated apply traces: the StepPredicate whose value the fused
+        # ops take as their apply_if input (base.Optimizer._update_pairs).
         self._step_predicate = None
 
     @property
@@ -166,13 +191,12 @@ class StepGuard:
             tf.distribute.get_replica_context().merge_call(
                 self._apply_if_finite_everywhere, args=(grads, trainable_variables))
             return None
-        finite = all_finite(grads)
         if tf.executing_eagerly():
-            if bool(finite):
+            if bool(all_finite(grads)):
                 stock_apply(grads, trainable_variables)
             return None
-        self._apply_if(finite, lambda: stock_apply(grads, trainable_variables),
-                       trainable_variables)
+        self._apply_if(lambda: all_finite(grads),
+                       lambda: stock_apply(grads, trainable_variables), trainable_variables)
         return None
 
     def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
@@ -188,18 +212,20 @@ class StepGuard:
             distribution.extended.call_for_each_replica(
                 stock_apply, args=(grads, trainable_variables))
 
-        self._apply_if(finite, run, trainable_variables)
+        self._apply_if(lambda: finite, run, trainable_variables)
 
-    def _apply_if(self, finite, run, trainable_variables):
-        """Traces `run` (the stock apply) so that it writes nothing unless
-        `finite`: through the fused ops' apply_if input where it can, else in
-        a cond (see the module docstring)."""
+    def _apply_if(self, check, run, trainable_variables):
+        """Traces `run` (the stock apply) so that it writes nothing unless the
+        gradients are finite (`check()`, a bool tensor): through the fused
+        ops' apply_if input where it can, else in a cond (see the module
+        docstring)."""
         if not self._gated_by_input(trainable_variables):
-            tf.cond(finite, run, lambda: None)
+            tf.cond(check(), run, lambda: None)
             return
-        self._step_predicate = finite
+        self._step_predicate = StepPredicate(check)
         try:
             run()
+            finite = self._step_predicate.value()
         finally:
             self._step_predicate = None
         # Keras counted the step; a skipped one is taken back.
