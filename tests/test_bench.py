@@ -345,3 +345,35 @@ def test_kernels_adam_gclip_case_runs_the_clipped_update():
         np.testing.assert_allclose(arrays[2][i], m_ref, rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(arrays[3][i], v_ref, rtol=1e-5, atol=1e-12)
         np.testing.assert_allclose(arrays[0][i], p_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_paired_alternates_two_cases_and_writes_their_ratio(tmp_path, capsys):
+    from fusedopt.bench import paired
+
+    assert paired.main(["--pair", "adam-gclip:adam", "--pair", "adam:adam", "--shapes",
+                        "3x1K", "--impl", "kernels", "--samples", "6", "--out",
+                        str(tmp_path), "--name", "p"]) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["schema"] == "fusedopt-bench-paired/1"
+    first, same = doc["pairs"]
+    assert first["a"] == "adam-gclip/float32/3x1K/kernels"
+    assert first["b"] == "adam/float32/3x1K/kernels"
+    ab, ba = first["a_built_first"], first["b_built_first"]
+    assert (ab["a"], ba["a"]) == (first["a"], first["b"])  # both build orders
+    assert first["ratio"] == pytest.approx((ab["ratio_median"] / ba["ratio_median"]) ** 0.5)
+    for r in (ab, ba, same["a_built_first"], same["b_built_first"]):
+        assert len(r["times_a_s"]) == len(r["times_b_s"]) == 6
+        ratios = sorted(a / b for a, b in zip(r["times_a_s"], r["times_b_s"]))
+        assert r["ratio_median"] == pytest.approx((ratios[2] + ratios[3]) / 2)
+        assert r["ratio_q25"] <= r["ratio_median"] <= r["ratio_q75"]
+        assert r["cache"] == "evict"  # 3x1K fits in any cache
+    assert "adam-gclip/float32/3x1K/kernels / adam/float32/3x1K/kernels" in capsys.readouterr().out
+
+
+def test_paired_refuses_unknown_optimizers_and_gpu_implementations():
+    from fusedopt.bench import paired
+
+    with pytest.raises(SystemExit):
+        paired.main(["--pair", "adam:nope"])
+    with pytest.raises(SystemExit):
+        paired.main(["--pair", "adam:sgd", "--impl", "kernels-cuda"])

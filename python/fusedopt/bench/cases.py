@@ -84,6 +84,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             "adam-skipnf", "Adam", {"learning_rate": 1e-3, "skip_nonfinite": True}, 4, 8,
             "Adam with skip_nonfinite: one extra read of g for the finite check",
         ),
+        OptimizerSpec(
+            "adam-gclip-skipnf", "Adam",
+            {"learning_rate": 1e-3, "global_clipnorm": 1.0, "skip_nonfinite": True}, 4, 8,
+            "Adam with global-norm clipping and skip_nonfinite: the norm's pass is the check",
+        ),
     ]
 }
 

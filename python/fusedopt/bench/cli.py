@@ -59,7 +59,8 @@ FULL = Preset(
           ("adamw", "float32", _HEADLINE),
           ("sgd", "float32", _HEADLINE),
           ("adam-gclip", "float32", _HEADLINE),
-          ("adam-skipnf", "float32", _HEADLINE)),
+          ("adam-skipnf", "float32", _HEADLINE),
+          ("adam-gclip-skipnf", "float32", _HEADLINE)),
     settings=Settings(repeats=20, warmup=2, max_seconds=4.0),
 )
 # On a GPU machine: the CUDA kernels against torch.optim fused, at GPU sizes

@@ -77,6 +77,9 @@ TARGETS = [
     Target("Adam skip_nonfinite f32 300x256: at most 1.05x fusedopt Adam without it",
            "adam-skipnf/float32/300x256/fusedopt", "ratio", 1.05,
            other="adam/float32/300x256/fusedopt"),
+    Target("Adam + global-norm clip + skip_nonfinite f32 20x1M: at most 1.05x the clip alone",
+           "adam-gclip-skipnf/float32/20x1M/fusedopt", "ratio", 1.05,
+           other="adam-gclip/float32/20x1M/fusedopt"),
     # CUDA (H100).
     Target("Adam f32 64x16M (1B params) on CUDA: within 1.1x of the copy floor",
            "adam/float32/64x16M/kernels-cuda", "floor", 1.1),

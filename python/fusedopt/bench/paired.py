@@ -1,0 +1,180 @@
+"""Paired timing: the cost of one option, as a ratio of two cases run in turns.
+
+The main bench times one case after another. On a shared machine whose
+memory bandwidth switches between two speeds for seconds at a time (the
+2-core VM here: about 53 and 103 GB/s), two cases timed a minute apart can
+differ by 2x with no change in the code, which hides a 5% cost. Here the two
+cases of a pair (e.g. ``adam-skipnf`` and ``adam``: the same step with and
+without one option) are built once and their samples alternate, A B B A
+A B B A ..., each from a cold cache. Each A sample is divided by the B
+sample beside it; the result is the median of those ratios with its
+quartiles, and the medians of both cases.
+
+Which of two identical cases is built first matters by itself (an ``adam:adam``
+pair measured up to 1.06x here: other buffers, other pages), so every pair is
+measured twice, A built first and then B built first; the pair's ratio is the
+geometric mean of the two (``ratio``), which cancels a build-order bias.
+Run an ``X:X`` pair beside the others to see how far from 1.0 this machine's
+noise alone puts a ratio.
+
+    python -m fusedopt.bench.paired --pair adam-skipnf:adam \\
+        --pair adam-gclip-skipnf:adam-gclip --shapes 20x1M,300x256 \\
+        --out bench/results --name paired-cpu-2026-11-25
+
+CPU implementations only (``fusedopt``, ``kernels``, ``keras``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+from fusedopt.bench import floor as floor_mod
+from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
+from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
+from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, Case, Skip, parse_shapes
+from fusedopt.bench.machine import machine_info, versions
+from fusedopt.bench.timing import COLD_MULTIPLE
+
+
+def _runner(case: Case):
+    runner = case.impl.setup(case, 1)
+    step = runner.steps[0]
+    step()  # trace / compile
+    step()
+    note = runner.after_warmup() if runner.after_warmup is not None else runner.note
+    return runner, step, note
+
+
+def _time(step, evict) -> float:
+    if evict is not None:
+        evict()
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def _quantile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure_pair(a: Case, b: Case, samples: int, evictor) -> dict:
+    """`a`/`b` from both build orders (see the module docstring)."""
+    first = measure_in_turns(a, b, samples, evictor)
+    second = measure_in_turns(b, a, samples, evictor)
+    ratio = (first["ratio_median"] / second["ratio_median"]) ** 0.5
+    return {"a": a.name, "b": b.name, "samples": samples, "ratio": ratio,
+            "a_built_first": first, "b_built_first": second}
+
+
+def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
+    """Builds `a`, then `b`, and times them in turns (ABBA); a/b per pair of
+    samples."""
+    runners = []
+    try:
+        run_a, step_a, note_a = _runner(a)
+        runners.append(run_a)
+        run_b, step_b, note_b = _runner(b)
+        runners.append(run_b)
+        cold = a.footprint_bytes >= COLD_MULTIPLE * evictor.cache_bytes
+        evict = None if cold else evictor
+        gc.collect()
+        gc.disable()
+        times_a, times_b = [], []
+        for i in range(samples):
+            if i % 2 == 0:
+                times_a.append(_time(step_a, evict))
+                times_b.append(_time(step_b, evict))
+            else:
+                times_b.append(_time(step_b, evict))
+                times_a.append(_time(step_a, evict))
+    finally:
+        gc.enable()
+        for runner in runners:
+            if runner.cleanup is not None:
+                runner.cleanup()
+    ratios = [x / y for x, y in zip(times_a, times_b)]
+    return {
+        "a": a.name, "b": b.name, "samples": samples,
+        "cache": "none" if evict is None else "evict",
+        "median_a_s": statistics.median(times_a), "median_b_s": statistics.median(times_b),
+        "ratio_median": statistics.median(ratios),
+        "ratio_q25": _quantile(ratios, 0.25), "ratio_q75": _quantile(ratios, 0.75),
+        "note_a": note_a, "note_b": note_b,
+        "times_a_s": times_a, "times_b_s": times_b,
+    }
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    for name in (a, b):
+        if not sep or name not in OPTIMIZERS:
+            raise argparse.ArgumentTypeError(
+                f"--pair expects OPTIMIZER:OPTIMIZER with names from {sorted(OPTIMIZERS)}, "
+                f"got {text!r}")
+    return a, b
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fusedopt.bench.paired",
+        description="The ratio of two optimizer cases timed in turns (A B B A ...), from a "
+                    "cold cache, on the CPU.")
+    parser.add_argument("--pair", action="append", type=_parse_pair, required=True,
+                        metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam "
+                        "(repeatable)")
+    parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes("20x1M,300x256"),
+                        metavar="NxSIZE,...")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--impl", default="fusedopt", help="a CPU implementation (default "
+                        "fusedopt)")
+    parser.add_argument("--samples", type=int, default=40, help="samples of each case per pair")
+    parser.add_argument("--out", help="directory for NAME.json")
+    parser.add_argument("--name", default=f"paired-cpu-{datetime.date.today().isoformat()}")
+    args = parser.parse_args(argv)
+    impl = IMPLEMENTATIONS.get(args.impl)
+    if impl is None or impl.device != "cpu":
+        parser.error(f"--impl must be a CPU implementation, one of "
+                     f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}")
+    if args.samples < 3:
+        parser.error("--samples must be at least 3")
+
+    evictor = floor_mod.Evictor(floor_mod.llc_bytes())
+    results = []
+    for a_name, b_name in args.pair:
+        for shape in args.shapes:
+            a = Case(OPTIMIZERS[a_name], args.dtype, shape, impl)
+            b = Case(OPTIMIZERS[b_name], args.dtype, shape, impl)
+            try:
+                r = measure_pair(a, b, args.samples, evictor)
+            except Skip as e:
+                print(f"{a.name} vs {b.name}: skipped ({e})")
+                continue
+            results.append(r)
+            ab, ba = r["a_built_first"], r["b_built_first"]
+            print(f"{a.name} / {b.name}: {r['ratio']:.3f}x  (A built first: "
+                  f"{ab['ratio_median']:.3f}x [{ab['ratio_q25']:.3f}, {ab['ratio_q75']:.3f}], "
+                  f"B built first: {1 / ba['ratio_median']:.3f}x; "
+                  f"{ab['median_a_s'] * 1e3:.3g} ms vs {ab['median_b_s'] * 1e3:.3g} ms, "
+                  f"{args.samples} pairs each, cache {ab['cache']})", flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, args.name + ".json")
+        with open(path, "w") as f:
+            json.dump({"schema": "fusedopt-bench-paired/1",
+                       "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "command": " ".join(sys.argv), "machine": machine_info(),
+                       "versions": versions(), "pairs": results}, f, indent=1)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
