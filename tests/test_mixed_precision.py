@@ -444,6 +444,24 @@ def test_overflowing_loss_scale_skips_steps_like_stock(name):
     assert_same_state(fused, stock)
 
 
+@pytest.mark.parametrize("name", ["Adam", "SGD_momentum"])
+def test_skip_nonfinite_inside_a_loss_scale_optimizer_changes_nothing(name):
+    """skip_nonfinite on the inner optimizer of a LossScaleOptimizer: Keras
+    already skips the overflowing steps (and halves the scale), so the
+    guard, traced inside its cond, must pass every step it sees unchanged."""
+    cls, kwargs = OPTIMIZERS[name]
+    with policy("mixed_float16"):
+        fused = fit(None, None, epochs=1, optimizer=keras.optimizers.LossScaleOptimizer(
+            cls(skip_nonfinite=True, **kwargs), initial_scale=2.0**20))
+        stock = fit(None, None, epochs=1, optimizer=keras.optimizers.LossScaleOptimizer(
+            STOCK[cls](**kwargs), initial_scale=2.0**20))
+    steps = int(inner(fused.optimizer).iterations.numpy())
+    assert 0 < steps < 6, steps
+    assert steps == int(inner(stock.optimizer).iterations.numpy())
+    assert_all_fused(fused.optimizer)
+    assert_same_state(fused, stock)
+
+
 # ----------------------------------------------------------------------------
 # float16 / bfloat16 policies: 16-bit variables, close to stock
 
