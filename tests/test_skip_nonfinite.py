@@ -429,17 +429,42 @@ def test_folded_global_norm_clip_is_the_check():
     assert adam.inputs[-1].op.type == "IsFinite"
 
 
-def test_a_transformer_before_the_clip_keeps_the_separate_check():
-    # The clip then sees transformed gradients, which may be finite where
-    # apply()'s are not: the check reads apply()'s own.
-    def identity(grads_and_vars):
+def test_a_stateful_transformer_is_skipped_with_the_step():
+    # A user's transformer may write state (here: a count of the steps it
+    # saw); on a skipped step that write must not happen either, so the
+    # whole apply runs in a cond.
+    seen = tf.Variable(0)
+
+    def counting(grads_and_vars):
+        seen.assign_add(1)
         return grads_and_vars
 
-    graph = _step_graph(fusedopt.Adam(skip_nonfinite=True, gradient_transformers=[
-        identity, fusedopt.transformers.ClipByGlobalNorm(1.0)]))
+    var = tf.Variable([1.0, 2.0])
+    opt = fusedopt.SGD(0.1, skip_nonfinite=True, gradient_transformers=[counting])
+    opt.build([var])
+    step = tf.function(lambda g: opt.apply([g], [var]))
+    step(tf.constant([1.0, np.nan]))
+    step(tf.constant([1.0, 1.0]))
+    assert int(seen.numpy()) == 1
+    np.testing.assert_allclose(var.numpy(), [0.9, 1.9])
+    assert int(opt.iterations.numpy()) == 1
+    graph = step.get_concrete_function(tf.TensorSpec([2])).graph
+    assert {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+
+
+def test_a_clip_of_rescaled_gradients_keeps_the_separate_check():
+    # With loss_scale_factor the clip sees apply()'s gradients divided by the
+    # scale (a scale below 1 can overflow a finite gradient), not apply()'s
+    # own: the separate check reads those, and the fused op still takes it as
+    # an input.
+    graph = _step_graph(fusedopt.Adam(global_clipnorm=1.0, loss_scale_factor=4.0,
+                                      skip_nonfinite=True))
     types = op_types(graph)
     assert types.count("FusedoptAllFinite") == 1
     assert types.count("FusedoptSquaredNorms") == 1
+    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    assert adam.inputs[-1].op.type == "FusedoptAllFinite"
+    assert not {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
 
 
 @pytest.mark.parametrize("bad", ["nan_in_sparse", "overflowing_norm"])

@@ -16,8 +16,9 @@ Two guards around the stock ``apply``:
    so replicas stay identical.
 
    How the predicate gates the step, in a traced graph: where every write of
-   the step is a fused op (no EMA, gradient accumulation, constraints or
-   overwrite-with-gradient variables), the ops take it as their ``apply_if``
+   the step is a fused op (no EMA, gradient accumulation, constraints,
+   overwrite-with-gradient variables or gradient transformers other than
+   the built-in ones, which may keep state), the ops take it as their ``apply_if``
    input and the pairs that fall back run in a cond; ``iterations``, which
    Keras increments unconditionally, is decremented again on a skipped step.
    With global-norm clipping folded into the ops, the norm's own pass over
@@ -35,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from fusedopt import _ops
+from fusedopt.optimizers import clipping
 from fusedopt.optimizers.arguments import _gradient_shape, _label
 
 
@@ -235,6 +237,9 @@ class StepGuard:
         """Whether every write of the stock apply, other than the fused ops
         and the iteration count, is absent (see the module docstring)."""
         if self.use_ema or self.gradient_accumulation_steps:
+            return False
+        # A user's transformer may write state of its own; the built-ins do not.
+        if not all(clipping.is_foldable(t) for t in getattr(self, "gradient_transformers", ())):
             return False
         variables = (self._trainable_variables if trainable_variables is None
                      else trainable_variables)
