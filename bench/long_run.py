@@ -13,6 +13,7 @@ Usage (from the repository root, with fusedopt installed):
     python bench/long_run.py                      # Adam, 10,000 steps
     python bench/long_run.py --optimizer sgd --steps 20000 --out bench/results/x.json
     python bench/long_run.py --api kernels
+    python bench/long_run.py --optimizer adam_skipnf   # every 10th step skipped
 """
 
 from __future__ import annotations
@@ -47,16 +48,25 @@ def keras_stepper(name: str, seed: int):
     opt = {"adam": lambda: fusedopt.Adam(learning_rate=1e-3),
            "adamw": lambda: fusedopt.AdamW(learning_rate=1e-3, weight_decay=1e-2),
            "sgd": lambda: fusedopt.SGD(learning_rate=1e-2, momentum=0.9, nesterov=True),
-           "adam_clip": lambda: fusedopt.Adam(learning_rate=1e-3, global_clipnorm=1.0)}[name]()
+           "adam_clip": lambda: fusedopt.Adam(learning_rate=1e-3, global_clipnorm=1.0),
+           "adam_skipnf": lambda: fusedopt.Adam(learning_rate=1e-3, skip_nonfinite=True),
+           }[name]()
     rng = np.random.default_rng(seed)
     x = tf.constant(rng.standard_normal((64, 32)).astype(np.float32))
     y = tf.constant(rng.integers(0, 10, 64))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    # adam_skipnf: every POISON_EVERY-th step's gradients are NaN (a NaN
+    # factor on the loss), so that the skipped path runs as often as the other.
+    count = tf.Variable(0, dtype=tf.int64)
+    poison_every = POISON_EVERY if name == "adam_skipnf" else 0
 
     @tf.function
     def step():
+        count.assign_add(1)
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
+            if poison_every:
+                loss *= tf.where(count % poison_every == 0, float("nan"), 1.0)
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply(grads, model.trainable_variables)
         return loss
@@ -68,9 +78,17 @@ def keras_stepper(name: str, seed: int):
         weights = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
         if not np.all(np.isfinite(weights)):
             sys.exit("long_run: non-finite weights")
+        if poison_every:
+            steps = int(count.numpy())
+            if int(opt.iterations.numpy()) != steps - steps // poison_every:
+                sys.exit(f"long_run: {int(opt.iterations.numpy())} applied steps of {steps}, "
+                         f"{steps // poison_every} of them poisoned")
         return float(step().numpy())
 
     return step, check
+
+
+POISON_EVERY = 10
 
 
 def kernels_stepper(name: str, seed: int):
@@ -86,18 +104,27 @@ def kernels_stepper(name: str, seed: int):
     v = [np.zeros(s, np.float32) for s in shapes]
     count = [0]
 
+    skip = name == "adam_skipnf"
+    g_bad = [x.copy() for x in g]
+    g_bad[-1][3] = np.nan
+    applied = [0]
+
     def step():
         count[0] += 1
         if name.startswith("adam"):
-            kernels.adam(p, g, m, v, lr=1e-3, step=count[0],
-                         weight_decay=1e-2 if name == "adamw" else 0.0,
-                         global_clip_norm=1.0 if name == "adam_clip" else None)
+            grads = g_bad if skip and count[0] % POISON_EVERY == 0 else g
+            applied[0] += kernels.adam(p, grads, m, v, lr=1e-3, step=applied[0] + 1,
+                                       weight_decay=1e-2 if name == "adamw" else 0.0,
+                                       global_clip_norm=1.0 if name == "adam_clip" else None,
+                                       skip_nonfinite=skip)
         else:
             kernels.sgd(p, g, m, lr=1e-2, momentum=0.9, nesterov=True)
 
     def check():
         if not all(np.all(np.isfinite(x)) for x in p):
             sys.exit("long_run: non-finite parameters")
+        if skip and applied[0] != count[0] - count[0] // POISON_EVERY:
+            sys.exit(f"long_run: {applied[0]} applied steps of {count[0]}")
         return None
 
     return step, check
@@ -105,8 +132,10 @@ def kernels_stepper(name: str, seed: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd", "adam_clip"],
-                        default="adam")
+    parser.add_argument("--optimizer", default="adam",
+                        choices=["adam", "adamw", "sgd", "adam_clip", "adam_skipnf"],
+                        help="adam_skipnf: skip_nonfinite=True, every 10th step's "
+                             "gradients NaN (skipped)")
     parser.add_argument("--api", choices=["keras", "kernels"], default="keras")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=500,
