@@ -293,14 +293,21 @@ def test_non_finite_gradients_propagate_as_in_keras(dtype, shape_list, seed, spe
 SPECIALS = [np.inf, -np.inf, np.nan, "max", "subnormal", "-0"]
 
 
+CLIPS = [{}, {"clip_value": 1.0}, {"clip_norm": 1.0}, {"global_clip_norm": 1.0}]
+
+
 @SETTINGS
 @given(dtype=st.sampled_from([np.float32, np.float64]), shape_list=shape_lists(5),
        seed=st.integers(0, 2**32 - 1),
-       specials=st.lists(st.sampled_from(SPECIALS), min_size=0, max_size=3))
-def test_all_finite_and_skip_nonfinite(dtype, shape_list, seed, specials):
+       specials=st.lists(st.sampled_from(SPECIALS), min_size=0, max_size=3),
+       clip=st.sampled_from(CLIPS))
+def test_all_finite_and_skip_nonfinite(dtype, shape_list, seed, specials, clip):
     """kernels.all_finite equals NumPy's isfinite over everything (finite
     extremes included), and skip_nonfinite=True skips exactly the steps it
-    should: returns False and writes nothing, or runs the normal step."""
+    should: returns False and writes nothing, or runs the normal step. With
+    clip_norm / global_clip_norm the clip's squared norms decide first (a
+    float64 "max" element overflows them while finite: then the elements
+    decide)."""
     rng = np.random.default_rng(seed)
     guard = Guarded(rng)
     g0 = [random_values(rng, s, dtype) for s in shape_list]
@@ -322,8 +329,9 @@ def test_all_finite_and_skip_nonfinite(dtype, shape_list, seed, specials):
     m0 = [random_values(rng, s, dtype) for s in shape_list]
     v0 = [random_values(rng, s, dtype, 1e-4, 4.0) for s in shape_list]
     p, m, v = ([guard.place(x) for x in xs] for xs in (p0, m0, v0))
-    ran = kernels.adam(p, g, m, v, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2,
-                       skip_nonfinite=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ran = kernels.adam(p, g, m, v, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                           step=2, skip_nonfinite=True, **clip)
     guard.check()
     assert ran is finite
     if not finite:
@@ -331,11 +339,14 @@ def test_all_finite_and_skip_nonfinite(dtype, shape_list, seed, specials):
             for k in range(len(got)):
                 assert got[k].tobytes() == old[k].tobytes(), f"{name}[{k}] written"
     p0 = [a.copy() for a in p]
-    ran = kernels.sgd(p, g, None, lr=0.5, skip_nonfinite=True)
+    expected = [a.copy() for a in p]
+    ran = kernels.sgd(p, g, None, lr=0.5, skip_nonfinite=True, **clip)
     assert ran is finite
+    if finite:
+        kernels.sgd(expected, g, None, lr=0.5, **clip)  # the same step, unguarded
     for k in range(len(p)):
-        if finite:
+        assert p[k].tobytes() == expected[k].tobytes(), f"params[{k}]"
+    if finite and not clip:
+        for k in range(len(p)):
             with np.errstate(over="ignore"):
                 np.testing.assert_array_equal(p[k], p0[k] - g0[k] * dtype(0.5))
-        else:
-            assert p[k].tobytes() == p0[k].tobytes()
