@@ -5,8 +5,9 @@
 # Usage (repository root; PYTHON: an interpreter with numpy, pybind11, cmake,
 # pytest and hypothesis, e.g. the dev venv):
 #   PYTHON=.venv/bin/python bash tools/sanitize.sh [extra pytest args]
+#   PYTHON=.venv/bin/python bash tools/sanitize.sh --tf [extra pytest args]
 #
-# What it does:
+# What it does (default mode):
 #   1. configures a separate build (FUSEDOPT_SANITIZE=ON: -fsanitize=address,
 #      undefined, no recovery) of `_C` without the TensorFlow ops (TF is not
 #      built with ASan; loading it under the ASan runtime only adds noise),
@@ -17,9 +18,15 @@
 # ASAN_OPTIONS: leak detection off (CPython keeps objects alive at exit by
 # design; every report would be about the interpreter, not us).
 # Any sanitizer report aborts the test process: the script then exits non-zero.
+# --tf: the TensorFlow op library too, with real TensorFlow; tools/sanitize_tf.sh
+# (this script hands over to it) says how.
 set -euo pipefail
 py="${PYTHON:-python3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ "${1:-}" == "--tf" ]]; then
+  shift
+  exec bash "$root/tools/sanitize_tf.sh" "$@"
+fi
 build="${BUILD:-/tmp/fusedopt-sanitize}"
 stage="$build/stage"
 
