@@ -113,9 +113,6 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         self._pending_decay = set()
         # A built-in clip transformer the fused op applies (see clipping.py).
         self._pending_clip = None
-        # Whether that clip's gradients are apply()'s, element for element
-        # finite or not (no loss-scale division, no transformer before it).
-        self._clip_sees_raw_grads = False
 
     # ------------------------------------------------------------------ hooks
 
@@ -200,7 +197,6 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         if clip is None or self.gradient_transformers or not self._can_fold_clip():
             return super()._clip_gradients(grads)
         self._pending_clip = clip
-        self._clip_sees_raw_grads = self.loss_scale_factor is None
         return grads
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -212,7 +208,6 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
                 and self._can_fold_clip()):
             self._pending_clip = transformers[-1]
             transformers = transformers[:-1]
-            self._clip_sees_raw_grads = not transformers and self.loss_scale_factor is None
         if transformers:
             grads = self._apply_transformers(transformers, grads, trainable_variables)
         super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -312,6 +307,13 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
                 return reason
         return None
 
+    def _clip_sees_apply_grads(self, clip) -> bool:
+        """Whether the folded `clip` gets apply()'s gradients as they were
+        passed (no loss-scale division, no transformer before it), so that
+        its norm is finite exactly where they all are (or overflows)."""
+        return (self.loss_scale_factor is None
+                and all(t is clip for t in self.gradient_transformers))
+
     def _take_pending(self):
         """The clip and the weight-decay keys recorded for this step (reset)."""
         clip, decay = self._pending_clip, self._pending_decay
@@ -336,7 +338,8 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         if clip is not None:
             clip_args, fallback, global_norm = clipping.fold(
                 _ops.library(), clip, groups, fallback, self.iterations)
-            if predicate is not None and global_norm is not None and self._clip_sees_raw_grads:
+            norm_is_check = global_norm is not None and self._clip_sees_apply_grads(clip)
+            if predicate is not None and norm_is_check:
                 # The norm's pass read every gradient of the step: it is not
                 # finite if any element is not (or if it overflows, when the
                 # clipped step would write NaN everywhere). No second pass.
