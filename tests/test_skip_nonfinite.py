@@ -217,32 +217,43 @@ def op_types(graph):
     return types
 
 
-def test_traced_step_checks_with_one_fused_op_before_the_update():
+def _step_graph(opt):
+    """The traced train step of a fresh model compiled with `opt`."""
     keras.utils.set_random_seed(0)
     model = make_model()
-    model.compile(optimizer=fusedopt.Adam(skip_nonfinite=True), loss="mse")
+    model.compile(optimizer=opt, loss="mse")
     x, y = make_data(32)
-    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    return tf.function(model.train_step).get_concrete_function((x, y)).graph
+
+
+def has_cond(graph) -> bool:
+    """Whether `graph` itself (not a function it calls) holds a cond."""
+    return bool({"If", "StatelessIf"} & {op.type for op in graph.get_operations()})
+
+
+def the_adam_op(graph):
+    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    return adam
+
+
+def test_traced_step_checks_with_one_fused_op_before_the_update():
+    graph = _step_graph(fusedopt.Adam(skip_nonfinite=True))
     types = op_types(graph)
     assert types.count("FusedoptAllFinite") == 1
     assert types.count("FusedoptAdam") == 1
     assert "IsFinite" not in types  # no per-tensor stock checks
     # The check gates the fused op through its apply_if input, not a cond.
-    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    adam = the_adam_op(graph)
     assert adam.get_attr("G") == 1
     assert adam.inputs[-1].op.type == "FusedoptAllFinite"
-    assert not {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+    assert not has_cond(graph)
 
 
 def test_steps_with_other_writes_are_gated_by_a_cond():
     # EMA, accumulators and constraints are written by the stock apply
     # outside the fused ops: there the whole apply is a cond's true branch.
-    keras.utils.set_random_seed(0)
-    model = make_model()
-    model.compile(optimizer=fusedopt.Adam(skip_nonfinite=True, use_ema=True), loss="mse")
-    x, y = make_data(32)
-    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
-    assert {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+    graph = _step_graph(fusedopt.Adam(skip_nonfinite=True, use_ema=True))
+    assert has_cond(graph)
     assert "FusedoptAdam" in op_types(graph)
 
 
@@ -411,20 +422,12 @@ def test_traced_step_with_fallback_pairs_skips_them_too():
 # ------------------------- global-norm clipping: the norm's pass is the check
 
 
-def _step_graph(opt):
-    keras.utils.set_random_seed(0)
-    model = make_model()
-    model.compile(optimizer=opt, loss="mse")
-    x, y = make_data(32)
-    return tf.function(model.train_step).get_concrete_function((x, y)).graph
-
-
 def test_folded_global_norm_clip_is_the_check():
     graph = _step_graph(fusedopt.Adam(global_clipnorm=1.0, skip_nonfinite=True))
     types = op_types(graph)
     assert "FusedoptAllFinite" not in types  # no second pass over the gradients
     assert types.count("FusedoptSquaredNorms") == 1
-    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    adam = the_adam_op(graph)
     assert adam.get_attr("clip") == b"scale"
     assert adam.inputs[-1].op.type == "IsFinite"
 
@@ -449,7 +452,7 @@ def test_a_stateful_transformer_is_skipped_with_the_step():
     np.testing.assert_allclose(var.numpy(), [0.9, 1.9])
     assert int(opt.iterations.numpy()) == 1
     graph = step.get_concrete_function(tf.TensorSpec([2])).graph
-    assert {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+    assert has_cond(graph)
 
 
 def test_a_clip_of_rescaled_gradients_keeps_the_separate_check():
@@ -462,9 +465,9 @@ def test_a_clip_of_rescaled_gradients_keeps_the_separate_check():
     types = op_types(graph)
     assert types.count("FusedoptAllFinite") == 1
     assert types.count("FusedoptSquaredNorms") == 1
-    (adam,) = [op for op in graph.get_operations() if op.type == "FusedoptAdam"]
+    adam = the_adam_op(graph)
     assert adam.inputs[-1].op.type == "FusedoptAllFinite"
-    assert not {"If", "StatelessIf"} & {op.type for op in graph.get_operations()}
+    assert not has_cond(graph)
 
 
 @pytest.mark.parametrize("bad", ["nan_in_sparse", "overflowing_norm"])
