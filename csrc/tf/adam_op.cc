@@ -43,12 +43,7 @@ REGISTER_OP("FusedoptAdam")
     .Attr(FUSEDOPT_APPLY_IF_ATTR)
     .Attr("apply_weight_decay: bool = false")
     .SetShapeFn([](tf::shape_inference::InferenceContext* c) {
-      tf::shape_inference::ShapeHandle unused;
-      for (const std::string& name : kAdamScalars) {
-        std::vector<tf::shape_inference::ShapeHandle> shapes;
-        TF_RETURN_IF_ERROR(c->input(name, &shapes));
-        TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
-      }
+      TF_RETURN_IF_ERROR(ScalarInputsShape(c, kAdamScalars));
       return ApplyIfShape(c);
     })
     .Doc(R"doc(

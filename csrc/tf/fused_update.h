@@ -24,6 +24,7 @@
 #include "cpu/parallel.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
 
 #define FUSEDOPT_REQUIRE(cond, error) \
@@ -207,6 +208,19 @@ class FusedUpdate {
   std::vector<std::vector<tf::Tensor>> variables_;
   std::vector<tf::Tensor> grads_;
 };
+
+// Shape function part: each named hyperparameter input is a scalar (FusedUpdate
+// checks the same at run time, for shapes unknown when the graph is built).
+inline absl::Status ScalarInputsShape(tf::shape_inference::InferenceContext* c,
+                                      const std::vector<std::string>& names) {
+  tf::shape_inference::ShapeHandle unused;
+  for (const std::string& name : names) {
+    std::vector<tf::shape_inference::ShapeHandle> shapes;
+    TF_RETURN_IF_ERROR(c->input(name, &shapes));
+    TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
+  }
+  return absl::OkStatus();
+}
 
 // TF's intra-op thread pool as a ParallelFor: one shard per thread.
 inline ParallelFor TfParallelFor(tf::OpKernelContext* ctx) {

@@ -58,12 +58,7 @@ REGISTER_OP("FusedoptSgd")
       TF_RETURN_IF_ERROR(c->GetAttr("N", &n));
       TF_RETURN_IF_ERROR(c->GetAttr("M", &m));
       TF_RETURN_IF_ERROR(CheckMomentumCount(n, m));
-      tf::shape_inference::ShapeHandle unused;
-      for (const std::string& name : kSgdScalars) {
-        std::vector<tf::shape_inference::ShapeHandle> shapes;
-        TF_RETURN_IF_ERROR(c->input(name, &shapes));
-        TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
-      }
+      TF_RETURN_IF_ERROR(ScalarInputsShape(c, kSgdScalars));
       return ApplyIfShape(c);
     })
     .Doc(R"doc(
