@@ -60,11 +60,6 @@ def _time(step, evict) -> float:
     return time.perf_counter() - start
 
 
-def _quantile(values, q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure_pair(a: Case, b: Case, samples: int, evictor) -> dict:
     """`a`/`b` from both build orders (see the module docstring)."""
     first = measure_in_turns(a, b, samples, evictor)
@@ -101,12 +96,13 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
             if runner.cleanup is not None:
                 runner.cleanup()
     ratios = [x / y for x, y in zip(times_a, times_b)]
+    q25, _, q75 = statistics.quantiles(ratios, n=4)
     return {
         "a": a.name, "b": b.name, "samples": samples,
         "cache": "none" if evict is None else "evict",
         "median_a_s": statistics.median(times_a), "median_b_s": statistics.median(times_b),
         "ratio_median": statistics.median(ratios),
-        "ratio_q25": _quantile(ratios, 0.25), "ratio_q75": _quantile(ratios, 0.75),
+        "ratio_q25": q25, "ratio_q75": q75,
         "note_a": note_a, "note_b": note_b,
         "times_a_s": times_a, "times_b_s": times_b,
     }
