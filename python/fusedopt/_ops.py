@@ -19,6 +19,16 @@ _LIBRARY_FILE = "_tf_ops.so"
 _XLA_LIBRARY_FILE = "_tf_xla_ops.so"
 
 
+def _library_dir() -> str:
+    """Where the build installed the compiled libraries: beside `_C` (in an
+    editable install that is the build tree, not this source folder)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fusedopt._C")
+    origin = spec.origin if spec is not None else None
+    return os.path.dirname(os.path.abspath(origin or __file__))
+
+
 class FusedOpsUnavailableWarning(UserWarning):
     """The fused TF ops cannot be used; optimizers run the stock Keras code."""
 
@@ -56,7 +66,7 @@ def library():
         import tensorflow as tf
 
         error = version_mismatch(_build_config.TF_VERSION, tf.__version__)
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY_FILE)
+        path = os.path.join(_library_dir(), _LIBRARY_FILE)
         if error is None and not os.path.exists(path):
             error = f"the op library {path} is missing from this installation"
         if error is None:
@@ -82,7 +92,7 @@ def _load_xla_kernels(tf) -> bool:
     ops). False, with the reason in xla_error(), where they are not built or
     do not load; the optimizers then fall back to the stock update inside XLA
     clusters, which is correct, so this does not warn."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), _XLA_LIBRARY_FILE)
+    path = os.path.join(_library_dir(), _XLA_LIBRARY_FILE)
     if not os.path.exists(path):
         _state["xla_error"] = "this build has no XLA kernels"
         return False
