@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fusedopt import _ops
-from fusedopt.bench import cases, cli, report, targets, timing
+from fusedopt.bench import cases, cli, fit, report, targets, timing
 from fusedopt.bench.cases import Implementation, Runner, Skip
 
 TOP_LEVEL_FIELDS = {"schema", "created", "command", "settings", "machine", "versions",
@@ -117,7 +117,7 @@ def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
     with open(tmp_path / "looped.csv", newline="") as f:
         rows = {r["impl"]: r for r in csv.DictReader(f)}
     assert rows["fusedopt"]["steps_per_call"] == "3"
-    assert cli.build_parser().parse_args([]).steps_per_call == 1
+    assert cli.build_parser().parse_args([]).steps_per_call is None  # 1 for the TF cases
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--steps-per-call", "0"])
 
@@ -377,3 +377,126 @@ def test_paired_refuses_unknown_optimizers_and_gpu_implementations():
         paired.main(["--pair", "adam:nope"])
     with pytest.raises(SystemExit):
         paired.main(["--pair", "adam:sgd", "--impl", "kernels-cuda"])
+
+
+# ------------------------------------------------- argument checks (issue 12)
+
+
+def _usage_error(capsys, argv):
+    """Runs cli.main(argv), which must stop with argparse's usage error; returns
+    the error line (the last line of stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran, nothing was printed
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines[-1].startswith("fusedopt-bench: error: "), captured.err
+    return lines[-1].removeprefix("fusedopt-bench: error: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1, got 0"),
+    (["--repeats", "three"], "argument --repeats: expected an integer >= 1, got 'three'"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
+    (["--max-case-seconds", "0"], "argument --max-case-seconds: expected a number of seconds "
+                                  "> 0, got 0"),
+    (["--max-case-seconds", "nan"], "argument --max-case-seconds: expected a number of "
+                                    "seconds > 0, got nan"),
+    (["--max-case-seconds", "-2.5"], "argument --max-case-seconds: expected a number of "
+                                     "seconds > 0, got -2.5"),
+    (["--steps-per-call", "0"], "argument --steps-per-call: expected an integer >= 1, got 0"),
+    (["--fit", "--calls-per-round", "1"], "argument --calls-per-round: expected an integer "
+                                          ">= 2, got 1"),
+    (["--calls-per-round", "3"], "argument --calls-per-round: only with --fit"),
+    (["--shapes", "20"], "argument --shapes: not a shape: '20' (expected NxSIZE, e.g. 20x1M)"),
+    (["--name", "a/b"], "argument --name: expected a file name prefix without '/', got 'a/b'"),
+])
+def test_numeric_and_name_options_are_checked_before_anything_runs(capsys, tmp_path, argv,
+                                                                    message):
+    out = tmp_path / "new"
+    assert _usage_error(capsys, [*argv, "--out", str(out)]) == message
+    assert not out.exists()  # nothing written either
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizers", "adam,nope"], "argument --optimizers: unknown optimizer 'nope' (valid: "
+     + ", ".join(cases.OPTIMIZERS) + ")"),
+    (["--dtypes", "int8,float32"], "argument --dtypes: unknown dtype 'int8' (valid: float16, "
+                                   "bfloat16, float32, float64)"),
+    (["--impls", "keras,no-such-impl"], "argument --impls: unknown implementation "
+     "'no-such-impl' (valid: " + ", ".join(cases.IMPLEMENTATIONS) + ")"),
+    (["--fit", "--optimizers", "adam-skipnf"], "argument --optimizers: adam-skipnf has options "
+     "the stock Keras optimizer lacks, so --fit has nothing to train against (valid with "
+     "--fit: adam, adamw, sgd, adam-gclip)"),
+    (["--fit", "--dtypes", "float64"], "argument --dtypes: --fit trains float32 models only"),
+    (["--fit", "--shapes", "2x3"], "argument --shapes: not allowed with --fit (it trains whole "
+     "models on the CPU, fusedopt against the stock optimizer)"),
+    (["--fit", "--gpu"], "argument --gpu: not allowed with --fit (it trains whole models on "
+     "the CPU, fusedopt against the stock optimizer)"),
+])
+def test_unknown_names_are_refused_naming_the_valid_ones(capsys, argv, message):
+    assert _usage_error(capsys, argv) == message
+
+
+def test_out_must_be_a_writable_directory(capsys, monkeypatch, tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("keep me")
+    assert _usage_error(capsys, ["--out", str(a_file)]) == (
+        f"argument --out: {str(a_file)!r} is a file, expected a directory")
+    assert a_file.read_text() == "keep me"
+    # /proc takes no new directory, even from root.
+    message = _usage_error(capsys, ["--out", "/proc/fusedopt-bench-results"])
+    assert message.startswith("argument --out: cannot create the directory "
+                              "'/proc/fusedopt-bench-results': ")
+    # A directory where a result file would go.
+    (tmp_path / "taken" / "run.json").mkdir(parents=True)
+    assert _usage_error(capsys, ["--out", str(tmp_path / "taken"), "--name", "run"]) == (
+        f"argument --out: {str(tmp_path / 'taken' / 'run.json')!r} is a directory, the run "
+        "would write a file there")
+    if os.geteuid() != 0:  # root writes into any directory
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert _usage_error(capsys, ["--out", str(locked)]).startswith(
+            f"argument --out: the directory {str(locked)!r} is not writable: ")
+    # A missing directory (and its parents) is created, and the run writes there.
+    _fake(monkeypatch, "t-idle", lambda case, copies: Runner([lambda: None]))
+    out = tmp_path / "made" / "here"
+    assert cli.main(["--shapes", "2x1K", "--optimizers", "adam", "--dtypes", "float32",
+                     "--impls", "t-idle", "--repeats", "3", "--warmup", "0", "--out", str(out),
+                     "--name", "idle", "--no-plot"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["idle.csv", "idle.json"]
+
+
+def test_show_refuses_missing_and_malformed_files(capsys, tmp_path):
+    missing = tmp_path / "missing.json"
+    assert _usage_error(capsys, ["--show", str(missing)]) == (
+        f"argument --show: cannot read {str(missing)!r}: No such file or directory")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"schema": "fusedopt-bench/1", ')
+    assert _usage_error(capsys, ["--show", str(broken)]).startswith(
+        f"argument --show: {str(broken)!r} is not JSON: ")
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    assert _usage_error(capsys, ["--show", str(other)]) == (
+        f"argument --show: {str(other)!r} is not a fusedopt-bench result (schema None, "
+        "expected 'fusedopt-bench/1' or 'fusedopt-bench-fit/1')")
+    for schema, body in ((report.SCHEMA, {"cases": [{"name": "x"}], "floor": {}}),
+                         (fit.SCHEMA, {"rows": [{"status": "ok"}]})):
+        partial = tmp_path / "partial.json"
+        partial.write_text(json.dumps({"schema": schema, **body}))
+        assert _usage_error(capsys, ["--show", str(partial)]).startswith(
+            f"argument --show: {str(partial)!r} is not a complete {schema} result (KeyError: ")
+
+
+def test_help_names_the_valid_values():
+    helps = {a.dest: a.help for a in cli.build_parser()._actions}
+    impls = helps["impls"]
+    assert impls.endswith(")"), impls  # a whole sentence, not "default: all but"
+    for name in cases.IMPLEMENTATIONS:
+        assert name in impls
+    for preset in (cli.QUICK, cli.GPU):
+        assert ", ".join(preset.impls) in impls
+    assert "float16, bfloat16, float32, float64" in helps["dtypes"]
+    assert ", ".join(cases.OPTIMIZERS) in helps["optimizers"]
