@@ -434,19 +434,19 @@ def show(parser, path: str, as_markdown: bool) -> int:
             if schema == fit.SCHEMA:
                 rows = saved["rows"]
                 if as_markdown:
-                    console.print(fit.markdown(rows), markup=False, highlight=False)
+                    console.print(fit.markdown(rows), markup=False, highlight=False, soft_wrap=True)
                 else:
                     fit.print_report(rows, console)
                 lines = fit.problem_lines(rows)
             else:
                 if as_markdown:
                     console.print(report.markdown(saved["cases"], saved["floor"]),
-                                  markup=False, highlight=False)
+                                  markup=False, highlight=False, soft_wrap=True)
                 else:
                     report.print_report(saved["cases"], saved["floor"], console)
                 lines = targets.lines(saved.get("targets", []))
             for line in lines:
-                console.print(line, markup=False, highlight=False)
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         parser.error(f"argument --show: {path!r} is not a complete {schema} result "
                      f"({type(e).__name__}: {e})")

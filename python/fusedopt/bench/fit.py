@@ -214,7 +214,7 @@ def select_groups(preset: FitPreset, optimizers=None, steps_per_execution=None,
                      if matches(row, patterns))
         if kept:
             key = (g.model, g.jit_compile, g.steps_per_execution)
-            old = groups.get(key, ())
+            old = groups[key].optimizers if key in groups else ()
             groups[key] = dataclasses.replace(
                 g, optimizers=tuple(dict.fromkeys(old + kept)))
     return list(groups.values())
@@ -374,7 +374,8 @@ def _data(model: FitModel, batches: int, seed: int = 0):
 def _one_round(member: _Member, x, y, batch_size: int, calls: int, spe: int) -> float:
     """One fit() over the data; the time per step after the first call."""
     clock = _step_clock_class()()
-    gc.collect()
+    # No collection inside the timed calls; none forced before either (a full
+    # collection of TensorFlow's heap takes most of a second).
     gc.disable()
     try:
         member.model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
@@ -493,7 +494,7 @@ def run_group(group: FitGroup, settings: FitSettings, progress=None) -> list[dic
             release()
             import keras
 
-            keras.backend.clear_session()
+            keras.backend.clear_session(free_memory=False)  # collected just below
         gc.collect()
     for r in records:
         r["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -509,6 +510,7 @@ def _record_base(group: FitGroup, settings: FitSettings) -> dict:
         "params": None, "variables": None, "batch_size": model.batch_size,
         "jit_compile": group.jit_compile, "steps_per_execution": group.steps_per_execution,
         "mode": group.mode, "calls_per_round": settings.calls_per_round,
+        "warmup_rounds": settings.warmup,
         "steps_timed_per_round": (settings.calls_per_round - 1) * group.steps_per_execution,
     }
 
@@ -639,7 +641,8 @@ def problem_lines(records: list[dict]) -> list[str]:
             continue
         if r["weights_match"] is False:
             lines.append(
-                f"WEIGHTS DIFFER: {r['name']}: after {r['rounds']} timed + warm-up rounds the "
+                f"WEIGHTS DIFFER: {r['name']}: after {r['warmup_rounds']} warm-up and {r['rounds']} "
+                f"timed rounds the "
                 f"fusedopt and stock weights are up to {r['weights_max_ulp']} ulp apart "
                 f"({r['weights_differing']} of {r['weights_elements']} elements differ); "
                 f"the contract is {r['parity']}")
@@ -667,7 +670,7 @@ def print_report(records: list[dict], console=None) -> None:
 
     console = print_tables(table_sections(records), console, left=3)
     for line in model_lines(records):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def markdown(records: list[dict]) -> str:
