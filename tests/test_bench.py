@@ -382,18 +382,18 @@ def test_paired_refuses_unknown_optimizers_and_gpu_implementations():
 # ------------------------------------------------- argument checks (issue 12)
 
 
-def _usage_error(capsys, argv):
-    """Runs cli.main(argv), which must stop with argparse's usage error; returns
-    the error line (the last line of stderr)."""
+def _usage_error(capsys, argv, main=None, prog="fusedopt-bench"):
+    """Runs main(argv) (default: cli.main), which must stop with argparse's
+    usage error; returns the error line (the last line of stderr)."""
     with pytest.raises(SystemExit) as stop:
-        cli.main(argv)
+        (main or cli.main)(argv)
     assert stop.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing ran, nothing was printed
     assert "Traceback" not in captured.err
     lines = captured.err.strip().splitlines()
-    assert lines[-1].startswith("fusedopt-bench: error: "), captured.err
-    return lines[-1].removeprefix("fusedopt-bench: error: ")
+    assert lines[-1].startswith(f"{prog}: error: "), captured.err
+    return lines[-1].removeprefix(f"{prog}: error: ")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -689,3 +689,19 @@ def test_fit_quick_lists_its_rows(capsys):
     assert cli.main(["--fit", "--quick", "--list"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("mlp-small/graph/adam\ndense-ln-small/graph/adam\nmlp-small/xla/adam\n")
+
+
+def test_paired_checks_its_arguments_before_running(capsys, tmp_path):
+    from fusedopt.bench import paired
+
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    for argv, message in (
+            (["--samples", "2"], "argument --samples: expected an integer >= 3, got 2"),
+            (["--out", str(a_file)], f"argument --out: {str(a_file)!r} is a file, expected a "
+                                     "directory"),
+            (["--shapes", "1x"], "argument --shapes: not a count: '' (examples: 300, 4K, 1M)"),
+            (["--name", "../x"], "argument --name: expected a file name prefix without '/', "
+                                 "got '../x'")):
+        assert _usage_error(capsys, ["--pair", "adam:adam", *argv], paired.main,
+                            "python -m fusedopt.bench.paired") == message

@@ -13,6 +13,8 @@ import math
 import os
 import tempfile
 
+from fusedopt.bench.cases import parse_shapes
+
 
 def int_at_least(minimum: int):
     """An integer ``>= minimum``."""
@@ -41,6 +43,14 @@ def positive_seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
     return value
+
+
+def shapes(text: str):
+    """``NxSIZE,...`` (cases.parse_shapes)."""
+    try:
+        return parse_shapes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def names_from(valid, what: str):

@@ -89,13 +89,6 @@ QUICK = Preset(
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _shapes(text: str):
-    try:
-        return parse_shapes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _impls_help() -> str:
     others = [n for n, i in IMPLEMENTATIONS.items() if not i.default]
     full = "all" + (f" but {', '.join(others)}" if others else "")
@@ -127,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the stock optimizer, in alternating rounds: per-step times, "
                         "the optimizer's share of the step, and a check that the trained "
                         "weights match (with --quick: a subset within about a minute)")
-    parser.add_argument("--shapes", type=_shapes, metavar="NxSIZE,...",
+    parser.add_argument("--shapes", type=checks.shapes, metavar="NxSIZE,...",
                         help="grid of tensor counts x sizes, e.g. 20x1M,300x256")
     parser.add_argument("--optimizers", type=checks.names_from(lambda: OPTIMIZERS, "optimizer"),
                         metavar="NAME,...",

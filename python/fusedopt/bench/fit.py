@@ -452,8 +452,9 @@ def run_group(group: FitGroup, settings: FitSettings, progress=None) -> list[dic
         keras.utils.set_random_seed(0)
         reference = model_spec.build(keras)
         initial = reference.get_weights()
-        record_base.update(params=int(sum(np.prod(w.shape) for w in reference.trainable_weights)),
-                           variables=len(reference.trainable_weights))
+        record_base.update(
+            params=int(sum(np.prod(w.shape) for w in reference.trainable_weights)),
+            variables=len(reference.trainable_weights))
         x, y = _data(model_spec, calls * spe)
 
         # The reference model itself trains with the no-update optimizer.
@@ -489,7 +490,8 @@ def run_group(group: FitGroup, settings: FitSettings, progress=None) -> list[dic
         records = [dict(record_base, name=f"{group.name}/{o}", optimizer=o, status="error",
                         note=note, error=traceback.format_exc()) for o in group.optimizers]
     finally:
-        members = reference = model = None
+        # Drop every reference to the models and their optimizers before collecting.
+        members = reference = model = stock = fused = optimizer = None
         if release is not None:  # keras was imported
             release()
             import keras
@@ -640,11 +642,12 @@ def problem_lines(records: list[dict]) -> list[str]:
             lines.append(f"ERROR {r['name']}: {r['note']}")
             continue
         if r["weights_match"] is False:
+            apart = (f"are up to {r['weights_max_ulp']} ulp apart ({r['weights_differing']} "
+                     f"of {r['weights_elements']} elements differ)"
+                     if r["weights_max_ulp"] is not None else f"are not comparable ({r['note']})")
             lines.append(
-                f"WEIGHTS DIFFER: {r['name']}: after {r['warmup_rounds']} warm-up and {r['rounds']} "
-                f"timed rounds the "
-                f"fusedopt and stock weights are up to {r['weights_max_ulp']} ulp apart "
-                f"({r['weights_differing']} of {r['weights_elements']} elements differ); "
+                f"WEIGHTS DIFFER: {r['name']}: after {r['warmup_rounds']} warm-up and "
+                f"{r['rounds']} timed rounds the fusedopt and stock weights {apart}; "
                 f"the contract is {r['parity']}")
         by_reason = {}
         for var, why in r["not_fused"].items():
