@@ -511,7 +511,7 @@ FIT_ROW_FIELDS = {
     "weights_max_ulp", "weights_elements", "weights_differing", "parity_max_ulp", "parity",
     "weights_match", "fused_variables", "fused_paths_total", "not_fused",
     "stock_optimizer_s", "fusedopt_optimizer_s", "stock_optimizer_share",
-    "fusedopt_optimizer_share", "loadavg",
+    "fusedopt_optimizer_share", "loadavg", "rss_bytes",
 } | {f"{impl}_{stat}" for impl in ("stock", "fusedopt", "no_update")
      for stat in ("times_s", "median_s", "q25_s", "q75_s", "first_round_s")}
 

@@ -50,6 +50,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fusedopt.bench.cases import FUSEDOPT_ONLY_ARGUMENTS, OPTIMIZERS, matches
+from fusedopt.bench.timing import _rss_bytes
 
 SCHEMA = "fusedopt-bench-fit/1"
 # Timed rounds before --max-case-seconds may stop a group.
@@ -498,8 +499,10 @@ def run_group(group: FitGroup, settings: FitSettings, progress=None) -> list[dic
 
             keras.backend.clear_session(free_memory=False)  # collected just below
         gc.collect()
+    rss = _rss_bytes()  # after the group's models are released
     for r in records:
         r["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        r["rss_bytes"] = rss
         if progress is not None:
             progress.finished(r["name"], _outcome(r))
     return records
@@ -692,7 +695,8 @@ CSV_FIELDS = [
     "stock_optimizer_s", "fusedopt_optimizer_s", "stock_optimizer_share",
     "fusedopt_optimizer_share", "weights_max_ulp", "weights_differing", "weights_elements",
     "parity_max_ulp", "weights_match", "fused_variables", "fused_paths_total",
-    "stock_first_round_s", "fusedopt_first_round_s", "no_update_first_round_s", "note",
+    "stock_first_round_s", "fusedopt_first_round_s", "no_update_first_round_s", "rss_bytes",
+    "note",
 ]
 
 
