@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 
+from fusedopt.bench import args as checks
 from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
@@ -126,21 +127,24 @@ def main(argv=None) -> int:
     parser.add_argument("--pair", action="append", type=_parse_pair, required=True,
                         metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam "
                         "(repeatable)")
-    parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes("20x1M,300x256"),
+    parser.add_argument("--shapes", type=checks.shapes, default=parse_shapes("20x1M,300x256"),
                         metavar="NxSIZE,...")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32",
+                        choices=("float16", "bfloat16", "float32", "float64"))
     parser.add_argument("--impl", default="fusedopt", help="a CPU implementation (default "
                         "fusedopt)")
-    parser.add_argument("--samples", type=int, default=40, help="samples of each case per pair")
-    parser.add_argument("--out", help="directory for NAME.json")
-    parser.add_argument("--name", default=f"paired-cpu-{datetime.date.today().isoformat()}")
+    parser.add_argument("--samples", type=checks.int_at_least(3), default=40,
+                        help="samples of each case per pair (at least 3)")
+    parser.add_argument("--out", help="directory for NAME.json (created if missing)")
+    parser.add_argument("--name", type=checks.file_prefix,
+                        default=f"paired-cpu-{datetime.date.today().isoformat()}")
     args = parser.parse_args(argv)
     impl = IMPLEMENTATIONS.get(args.impl)
     if impl is None or impl.device != "cpu":
         parser.error(f"--impl must be a CPU implementation, one of "
                      f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}")
-    if args.samples < 3:
-        parser.error("--samples must be at least 3")
+    if args.out:  # the last check, before anything runs
+        checks.prepare_out(parser, args.out, files=[args.name + ".json"])
 
     evictor = floor_mod.Evictor(floor_mod.llc_bytes())
     results = []
@@ -161,7 +165,6 @@ def main(argv=None) -> int:
                   f"{ab['median_a_s'] * 1e3:.3g} ms vs {ab['median_b_s'] * 1e3:.3g} ms, "
                   f"{args.samples} pairs each, cache {ab['cache']})", flush=True)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, args.name + ".json")
         with open(path, "w") as f:
             json.dump({"schema": "fusedopt-bench-paired/1",
