@@ -54,8 +54,9 @@ class Ulps:
             d = ulp_distance(a, b)
         else:
             d = tensor_ulp_distance(a, b)
-        at = np.unravel_index(int(np.argmax(d)), d.shape)
-        return d[at], at
+        at = tuple(int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape))
+        worst = d[at]
+        return (int(worst) if self.scale == "element" else float(worst)), at
 
 
 # dtype -> (unsigned integer type of the same width, sign bit)
