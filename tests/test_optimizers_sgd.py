@@ -54,9 +54,9 @@ def _keep(pairs):
     dict(clipnorm=0.1, nesterov=True, momentum=0.9),
 ], ids=["global_clipnorm", "global_clipnorm_stock_clip", "accumulation", "loss_scale",
         "clipnorm"])
-def test_products_rewritten_by_grappler_still_take_one_op(kwargs):
-    """Folding Grappler's scalar product into the learning rate keeps one op
-    call for all variables (one scalar for all)."""
+def test_products_take_one_op(kwargs):
+    """Gradients that are products (clip scales, accumulation, loss scaling)
+    still take one op call for all variables."""
     keras.utils.set_random_seed(0)
     model = make_model()
     model.compile(optimizer=fusedopt.SGD(learning_rate=0.05, **kwargs), loss="mse")

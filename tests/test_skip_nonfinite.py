@@ -16,8 +16,6 @@ import keras
 import fusedopt
 from fusedopt import _ops, kernels
 
-from optimizer_table import NORM_CLIP
-from parity import EXACT, assert_parity
 from training import make_data, make_model, state
 
 SIZES = [1, 17, 32768 * 2 + 5, 1000]  # across chunk boundaries (32K elements)
@@ -192,9 +190,13 @@ def test_fit_with_poisoned_batches_equals_stock_without_them(case, run_eagerly):
     # steps (optimizer.iterations counts accumulated steps in Keras).
     assert int(fused.optimizer._iterations.numpy()) == 3 * 4
     assert int(fused.optimizer.iterations.numpy()) == int(stock.optimizer.iterations.numpy())
-    # The fused global norm sums in another (fixed) order than TF's
-    # reduce_sum: the contract of clipping by norm (optimizer_table.NORM_CLIP).
-    assert_parity(fused, stock, NORM_CLIP if case == "AdamW_clip" else EXACT)
+    for i, (a, b) in enumerate(zip(state(fused), state(stock))):
+        if case == "AdamW_clip":
+            # The fused global norm sums in another (fixed) order than TF's
+            # reduce_sum: equal to float32 rounding (see training.assert_close_state).
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"variable {i}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
     assert set(fused.optimizer.fused_paths.values()) == {"fused"}
 
 
@@ -411,8 +413,8 @@ def test_traced_step_with_fallback_pairs_skips_them_too():
         np.testing.assert_array_equal(v.numpy(), b)
     step(tf.constant([[1.0, 2, 0, 0]]), tf.ones(3))
     assert int(opt.iterations.numpy()) == 1
-    assert opt.fused_paths[opt._path(dense)] == "fused"
-    assert opt.fused_paths[opt._path(emb)].startswith("fallback")
+    assert list(opt.fused_paths.values())[1] == "fused"
+    assert list(opt.fused_paths.values())[0].startswith("fallback")
     assert not np.array_equal(emb.numpy()[3], before[0][3])
     assert not np.array_equal(dense.numpy(), before[1])
 
@@ -427,7 +429,8 @@ def test_folded_global_norm_clip_is_the_check():
     assert types.count("FusedoptSquaredNorms") == 1
     adam = the_adam_op(graph)
     assert adam.get_attr("clip") == b"scale"
-    assert adam.inputs[-1].op.type == "IsFinite"
+    # The factors op's `finite` output is the predicate.
+    assert adam.inputs[-1].op.type == "FusedoptClipFactors"
 
 
 def test_a_stateful_transformer_is_skipped_with_the_step():
@@ -495,4 +498,4 @@ def test_global_norm_check_covers_fallback_pairs_and_overflow(bad):
     for b, v in zip(before, [emb, dense] + list(opt.variables)):
         np.testing.assert_array_equal(v.numpy(), b)
     assert int(opt.iterations.numpy()) == 1
-    assert opt.fused_paths[opt._path(dense)] == "fused"
+    assert list(opt.fused_paths.values())[1] == "fused"
