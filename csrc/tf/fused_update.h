@@ -222,12 +222,18 @@ inline absl::Status ScalarInputsShape(tf::shape_inference::InferenceContext* c,
   return absl::OkStatus();
 }
 
-// TF's intra-op thread pool as a ParallelFor: one shard per thread.
+// TF's intra-op thread pool as a ParallelFor: one contiguous shard per thread
+// the work is worth (cpu/parallel.h), none handed to the pool when that is one.
 inline ParallelFor TfParallelFor(tf::OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t n, int64_t /*cost*/, const TaskRange& fn) {
-    const int64_t threads = pool->NumThreads() > 0 ? pool->NumThreads() : 1;
-    const int64_t block = (n + threads - 1) / threads;
+  return [pool](int64_t n, int64_t cost, const TaskRange& fn) {
+    const int64_t shards =
+        std::min<int64_t>(n, useful_threads(n * cost, std::max(1, pool->NumThreads())));
+    if (shards <= 1) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    const int64_t block = (n + shards - 1) / shards;
     pool->ParallelFor(n, tsl::thread::ThreadPool::SchedulingParams::Fixed(block), fn);
   };
 }
