@@ -87,9 +87,8 @@ std::vector<double> clip_squared_norms(const ClipRequest& request,
                                            : squared_norms<double>(grads);
 }
 
-// The clip factors (kernels/clip.h) from the gradients' squared norms
-// (clip_squared_norms), computed in double as tf.clip_by_value /
-// tf.clip_by_norm / Keras' clip_by_global_norm define them.
+// The clip factors from the gradients' squared norms (clip_squared_norms),
+// with the formulas of kernels/clip.h.
 template <typename T>
 GradClip<T> make_clip(const ClipRequest& request, const std::vector<double>& squared) {
   GradClip<T> clip;
@@ -98,16 +97,10 @@ GradClip<T> make_clip(const ClipRequest& request, const std::vector<double>& squ
   if (request.kind == ClipKind::kValue) {
     clip.scalars.push_back({static_cast<T>(-c), static_cast<T>(c)});
   } else if (request.kind == ClipKind::kRatio) {
-    for (double sq : squared) {
-      clip.scalars.push_back({static_cast<T>(c), static_cast<T>(std::max(std::sqrt(sq), c))});
-    }
+    for (double sq : squared) clip.scalars.push_back(clip_by_norm_scalars<T>(c, sq));
   } else if (request.kind == ClipKind::kScale) {
-    double total = 0.0;
-    for (double sq : squared) total += sq;
-    const double norm = std::sqrt(total);
-    // A non-finite norm makes the scale NaN, as in Keras.
-    const double scale = c * std::min(1.0 / norm, 1.0 / c) + (norm - norm);
-    clip.scalars.push_back({static_cast<T>(scale), T(0)});
+    const double total = sum_in_order(squared.data(), static_cast<int64_t>(squared.size()));
+    clip.scalars.push_back(clip_by_global_norm_scalars<T>(c, total));
   }
   return clip;
 }
