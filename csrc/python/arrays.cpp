@@ -5,6 +5,8 @@
 #include <limits>
 #include <sstream>
 
+#include "cpu/radix_sort.h"
+
 namespace fusedopt {
 
 const char* dtype_name(DType d) {
@@ -201,39 +203,6 @@ struct Span {
 };
 constexpr uint32_t kWritten = 1u << 31;
 
-// Sorts by `begin` in O(N): a least-significant-digit radix sort of the
-// offsets from the lowest address, on only the bits in which they differ (two
-// passes for arrays spread over a few MB of one heap). std::sort was the larger part
-// of a call on a few hundred small arrays.
-void sort_by_begin(std::vector<Span>& spans) {
-  if (spans.size() < 64) {
-    std::sort(spans.begin(), spans.end(),
-              [](const Span& x, const Span& y) { return x.begin < y.begin; });
-    return;
-  }
-  uintptr_t lo = spans[0].begin;
-  for (const Span& s : spans) lo = std::min(lo, s.begin);
-  // The offsets' significant bits: below their common alignment, above their
-  // spread, all are the same.
-  uintptr_t any = 0;
-  for (const Span& s : spans) any |= s.begin - lo;
-  int low = 0, bits = 0;
-  while (low < 63 && ((any >> low) & 1) == 0) ++low;
-  while (low + bits < 64 && (any >> (low + bits)) != 0) ++bits;
-  const int passes = (bits + 11) / 12;  // digits of at most 12 bits
-  const int width = passes > 0 ? (bits + passes - 1) / passes : 0;
-  const uintptr_t mask = (uintptr_t(1) << width) - 1;
-  std::vector<Span> buffer(spans.size());
-  std::vector<size_t> start(mask + 2);
-  for (int shift = low; shift < low + passes * width; shift += width) {
-    std::fill(start.begin(), start.end(), 0);
-    for (const Span& s : spans) ++start[((s.begin - lo) >> shift & mask) + 1];
-    for (size_t d = 0; d <= mask; ++d) start[d + 1] += start[d];
-    for (const Span& s : spans) buffer[start[(s.begin - lo) >> shift & mask]++] = s;
-    spans.swap(buffer);
-  }
-}
-
 // Where every array owns its memory, arrays can only share memory by being
 // the same buffer: true when no written buffer appears twice (read ones may),
 // found with a hash set of the addresses instead of a sort. False also when
@@ -301,7 +270,7 @@ void check_no_overlap(const std::vector<const std::vector<HostArray>*>& written,
                        static_cast<uint32_t>(i) | flag});
     }
   }
-  sort_by_begin(spans);
+  sort_by_address(spans, [](const Span& s) { return s.begin; });
   // Sweep: remember the span reaching furthest so far, among written ones and
   // among all, to find any overlap that involves a written array.
   const Span* reach_any = nullptr;
