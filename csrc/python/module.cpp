@@ -67,6 +67,8 @@ template <typename T>
 std::vector<double> squared_norms(const std::vector<HostArray>& x) {
   std::vector<const T*> data;
   std::vector<int64_t> sizes;
+  data.reserve(x.size());
+  sizes.reserve(x.size());
   for (const HostArray& a : x) {
     data.push_back(static_cast<const T*>(a.data));
     sizes.push_back(a.size);
@@ -108,6 +110,8 @@ bool host_all_finite(const std::vector<HostArray>& arrays) {
   if (arrays.empty()) return true;
   std::vector<const void*> data;
   std::vector<int64_t> sizes;
+  data.reserve(arrays.size());
+  sizes.reserve(arrays.size());
   for (const HostArray& a : arrays) {
     data.push_back(a.data);
     sizes.push_back(a.size);
@@ -141,6 +145,28 @@ bool check_flag(py::handle value, const char* name) {
   return value.cast<bool>();
 }
 
+// Whether a call may involve CUDA arrays: is_cuda_call, without asking the
+// arrays and numbers that cannot be CUDA arrays. It looks up the CUDA
+// interfaces on every argument (attribute lookups that fail, microseconds per
+// hyperparameter), while a NumPy array or an exact Python float or int is
+// never a CUDA array: lists of NumPy arrays only pass no list on, and plain
+// numbers no scalar.
+bool maybe_cuda_call(std::initializer_list<py::handle> lists,
+                     std::initializer_list<py::handle> scalars, py::handle stream) {
+  const auto& npy = py::detail::npy_api::get();
+  bool plain = true;
+  for (py::handle list : lists) {
+    if (!PyList_Check(list.ptr()) && !PyTuple_Check(list.ptr())) continue;
+    for (Py_ssize_t i = 0; plain && i < PySequence_Fast_GET_SIZE(list.ptr()); ++i) {
+      plain = npy.PyArray_Check_(PySequence_Fast_GET_ITEM(list.ptr(), i));
+    }
+  }
+  for (py::handle s : scalars) {
+    plain = plain && (PyFloat_CheckExact(s.ptr()) || PyLong_CheckExact(s.ptr()));
+  }
+  return plain ? !stream.is_none() : is_cuda_call(lists, scalars, stream);
+}
+
 void refuse_cuda_clip(const ClipRequest& request) {
   if (request.kind != ClipKind::kNone) {
     throw py::value_error(
@@ -153,6 +179,11 @@ template <typename T>
 AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                           const std::vector<HostArray>& m, const std::vector<HostArray>& v) {
   AdamTensors<T> t;
+  t.params.reserve(p.size());
+  t.grads.reserve(p.size());
+  t.m.reserve(p.size());
+  t.v.reserve(p.size());
+  t.sizes.reserve(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     t.params.push_back(static_cast<T*>(p[i].data));
     t.grads.push_back(static_cast<const T*>(g[i].data));
@@ -170,8 +201,8 @@ bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
   const bool skip = check_flag(skip_nonfinite, "skip_nonfinite");
   // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
-  if (is_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
-                   stream)) {
+  if (maybe_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
+                      stream)) {
     refuse_cuda_clip(clip);
     if (skip) {
       throw py::value_error("skip_nonfinite is not supported on CUDA arrays yet");
@@ -219,6 +250,10 @@ template <typename T>
 SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                         const std::vector<HostArray>& m) {
   SgdTensors<T> t;
+  t.params.reserve(p.size());
+  t.grads.reserve(p.size());
+  t.m.reserve(m.size());
+  t.sizes.reserve(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     t.params.push_back(static_cast<T*>(p[i].data));
     t.grads.push_back(static_cast<const T*>(g[i].data));

@@ -55,9 +55,9 @@ def _tf():
 def _random_arrays(case: Case, seed: int):
     """Parameters ~ N(0, 1) and gradients ~ N(0, 0.01²), never zeros."""
     rng = np.random.default_rng(seed)
-    size, dtype, n = case.shape.tensor_size, case.dtype, case.shape.n_tensors
-    params = [random_normal(rng, size, dtype) for _ in range(n)]
-    grads = [random_normal(rng, size, dtype, 1e-2) for _ in range(n)]
+    shapes, dtype = case.shape.tensor_shapes, case.dtype
+    params = [random_normal(rng, s, dtype) for s in shapes]
+    grads = [random_normal(rng, s, dtype, 1e-2) for s in shapes]
     return params, grads
 
 
