@@ -1,15 +1,21 @@
-"""XLA: model.fit(jit_compile=True) with every fusedopt optimizer.
+"""XLA: model.fit(jit_compile=True) and apply() in a jit_compile=True
+function with every fusedopt optimizer.
 
 Nothing can leave an XLA cluster (``jit_compile=True``, or Keras' ``"auto"``
-on a single GPU), so a fused op runs there only with an XLA kernel.
-FusedoptAdam and FusedoptSgd have one (csrc/tf/xla_ops.cc, in
-``_tf_xla_ops.so`` where the build found XLA's headers): the optimizers stay
-fused inside XLA, with the stock clipping before the op. Where the kernels
-are missing (a build without XLA headers; simulated here) the optimizers
-detect the XLA context at trace time and run the stock per-variable update
-instead. Either way the results are bit-identical to the stock optimizer
-compiled the same way (checked here, not assumed), and ``fused_paths`` and the
-traced graph say which path ran.
+on a single GPU), so a fused op runs there only with an XLA kernel. The XLA
+kernels (csrc/tf/xla_ops.cc, in ``_tf_xla_ops.so`` where the build found XLA's
+headers) emit one custom call to fusedopt's FFI handler (csrc/ffi/), which
+runs the CPU kernel: so under XLA the fused update gives the CPU kernel's
+bits, the same as the stock update run eagerly (checked bit for bit below on
+the same gradients). The stock update compiled by XLA rounds differently
+(XLA rewrites it, e.g. contracting multiply-adds; docs/xla.md measures by how
+much), and in model.fit those differences feed back through the forward
+pass: fit-level comparisons with the stock optimizer under XLA are therefore
+to a stated norm-wise bound, not bit for bit. Where the kernels are missing
+(a build without XLA headers; simulated here) the optimizers detect the XLA
+context at trace time and run the stock per-variable update instead, bit for
+bit the stock optimizer under XLA. ``fused_paths``, the traced graph and the
+compiled HLO say which path ran.
 """
 
 import inspect
@@ -61,6 +67,19 @@ def assert_same(a, b):
         np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
 
 
+def assert_close_normwise(a, b, rtol):
+    """max |x - y| <= rtol * max |y| for every variable: the update's rounding
+    differences, wherever an element is near zero (where ulps say little)."""
+    sa, sb = state(a), state(b)
+    assert len(sa) == len(sb)
+    for i, (x, y) in enumerate(zip(sa, sb)):
+        if x.size and np.issubdtype(x.dtype, np.floating):
+            err = np.max(np.abs(x.astype(np.float64) - y))
+            assert err <= rtol * max(np.max(np.abs(y)), 1e-30), (i, err, np.max(np.abs(y)))
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=f"variable {i}")
+
+
 def test_xla_kernels_are_built_where_tensorflow_has_the_headers():
     include = tf.sysconfig.get_include()
     if not os.path.exists(os.path.join(include, "tensorflow/compiler/tf2xla/xla_op_kernel.h")):
@@ -104,27 +123,85 @@ CASES = {
 }
 
 
+# The fit-level bound, relative to the largest element of each variable: one
+# epoch (6 steps) of every case below measured at most 2.2e-7; an update rule
+# wrong by 1% of a step (lr = 0.01 on weights of order 1) is about 1e-4.
+FIT_RTOL = 1e-6
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fit_with_jit_compile_matches_stock_compiled_the_same_way(case):
+def test_fit_with_jit_compile_is_fused_and_close_to_stock_under_xla(case):
     cls, kwargs, stock_cls, stock_kwargs = CASES[case]
-    fused = train(cls(**kwargs), epochs=2, jit_compile=True)
-    stock = train(stock_cls(**(stock_kwargs or kwargs)), epochs=2, jit_compile=True)
+    fused = train(cls(**kwargs), epochs=1, jit_compile=True)
+    stock = train(stock_cls(**(stock_kwargs or kwargs)), epochs=1, jit_compile=True)
     assert_path_under_xla(fused.optimizer, len(fused.trainable_variables))
-    # Bit for bit: the XLA kernels are written with the stock update's ops,
-    # in the same order; the fallback is the stock update itself.
-    assert_same(fused, stock)
+    assert_close_normwise(fused, stock, FIT_RTOL)
     assert fused.optimizer.iterations.numpy() == stock.optimizer.iterations.numpy() > 0
+
+
+def _apply_steps(opt, variables, grads_seq, jit_compile):
+    """apply() once per gradient list (fed through variables, so one trace)."""
+    opt.build(variables)
+    feed = [tf.Variable(g) for g in grads_seq[0]]
+    step = lambda: opt.apply([g.read_value() for g in feed], variables)  # noqa: E731
+    if jit_compile is not None:
+        step = tf.function(step, jit_compile=jit_compile)
+    for grads in grads_seq:
+        for f, g in zip(feed, grads):
+            f.assign(g)
+        step()
+    return [v.numpy() for v in variables] + [v.numpy() for v in opt.variables]
+
+
+# Cases whose whole step is the fused update and exact stock code around it
+# (iteration count, bias-correction powers, elementwise clip by value): the
+# fused update under XLA is the CPU kernel, so it equals the stock update run
+# eagerly bit for bit. (Schedules, norms, accumulation and EMA are stock code
+# that XLA compiles with its own rewrites in both.)
+EXACT_CASES = {
+    "Adam": (fusedopt.Adam, dict(learning_rate=0.01), keras.optimizers.Adam, None),
+    "AdamW": (fusedopt.AdamW, dict(learning_rate=0.01, weight_decay=0.05),
+              keras.optimizers.AdamW, None),
+    "SGD": (fusedopt.SGD, dict(learning_rate=0.05), keras.optimizers.SGD, None),
+    "SGD-momentum": (fusedopt.SGD, dict(learning_rate=0.05, momentum=0.9),
+                     keras.optimizers.SGD, None),
+    "SGD-nesterov-decay-clip_by_value": (
+        fusedopt.SGD, dict(learning_rate=0.05, momentum=0.8, nesterov=True, weight_decay=0.01,
+                           gradient_transformers=[T.clip_by_value(-0.1, 0.1)]),
+        keras.optimizers.SGD, dict(learning_rate=0.05, momentum=0.8, nesterov=True,
+                                   weight_decay=0.01, clipvalue=0.1)),
+}
+
+
+@needs_xla_kernels
+@pytest.mark.parametrize("case", sorted(EXACT_CASES))
+def test_fused_update_under_xla_equals_the_stock_update_run_eagerly(case):
+    cls, kwargs, stock_cls, stock_kwargs = EXACT_CASES[case]
+    rng = np.random.default_rng(0)
+    shapes = [(13, 29), (29,), (7,), (100003,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads_seq = [[(0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+                 for _ in range(20)]
+    opt = cls(**kwargs)
+    fused = _apply_steps(opt, [tf.Variable(x) for x in init], grads_seq, jit_compile=True)
+    stock = _apply_steps(stock_cls(**(stock_kwargs or kwargs)), [tf.Variable(x) for x in init],
+                         grads_seq, jit_compile=None)
+    assert_path_under_xla(opt, len(shapes))
+    assert len(fused) == len(stock)
+    for i, (a, b) in enumerate(zip(fused, stock)):
+        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
+    assert not np.array_equal(fused[3], init[3])
 
 
 def test_loss_scale_optimizer_inside_xla():
     def lso(cls):
         return keras.optimizers.LossScaleOptimizer(cls(learning_rate=0.01, weight_decay=0.01))
 
-    fused = train(lso(fusedopt.AdamW), epochs=2, jit_compile=True)
-    stock = train(lso(keras.optimizers.AdamW), epochs=2, jit_compile=True)
+    fused = train(lso(fusedopt.AdamW), epochs=1, jit_compile=True)
+    stock = train(lso(keras.optimizers.AdamW), epochs=1, jit_compile=True)
     inner = fused.optimizer.inner_optimizer
     assert_path_under_xla(inner, len(fused.trainable_variables))
-    assert_same(fused, stock)
+    assert_close_normwise(fused, stock, FIT_RTOL)
 
 
 @pytest.mark.parametrize("opt_cls,kwargs", [(fusedopt.AdamW, dict()),
@@ -144,14 +221,14 @@ def test_without_xla_kernels_the_fallback_is_detected(monkeypatch, opt_cls, kwar
 
 @pytest.mark.parametrize("cls", [fusedopt.Adam, fusedopt.SGD])
 def test_skip_nonfinite_inside_xla(cls):
-    """The finiteness check compiles too (stock ops inside XLA): finite steps
-    match the stock optimizer, a step with an Inf gradient writes nothing."""
+    """The finiteness check compiles too: finite steps stay close to the stock
+    optimizer under XLA, a step with an Inf gradient writes nothing."""
     kwargs = dict(learning_rate=0.01)
     fused = train(cls(skip_nonfinite=True, **kwargs), epochs=1, jit_compile=True)
     stock = train(getattr(keras.optimizers, cls.__name__)(**kwargs), epochs=1,
                   jit_compile=True)
     assert_path_under_xla(fused.optimizer, len(fused.trainable_variables))
-    assert_same(fused, stock)
+    assert_close_normwise(fused, stock, FIT_RTOL)
 
     variables = [tf.Variable(np.ones(3, np.float32)), tf.Variable(np.ones(2, np.float32))]
     opt = cls(skip_nonfinite=True, **kwargs)
@@ -184,14 +261,12 @@ def test_compiled_step_holds_one_fused_op(opt):
     ops = [o for o in graph.get_operations() if o.type == OP_TYPE[type(opt)]]
     assert len(ops) == 1
     assert ops[0].get_attr("N") == len(model.trainable_variables)
-    # No folded clipping inside XLA (the norms op has no XLA kernel): the
-    # stock clipping's ops run before the fused op instead.
-    assert ops[0].get_attr("clip") == b"none"
-    assert "FusedoptSquaredNorms" not in [o.type for o in graph.get_operations()]
     assert set(model.optimizer.fused_paths.values()) == {"fused"}
-    # XLA compiles it (this fails for an op without an XLA kernel, see
-    # test_raw_ops_need_the_xla_kernels).
-    assert "HloModule" in fn.experimental_get_compiler_ir(data)(stage="hlo")
+    # XLA compiles it into one custom call to the fused kernel (this fails for
+    # an op without an XLA kernel, see test_raw_ops_need_the_xla_kernels).
+    hlo = fn.experimental_get_compiler_ir(data)(stage="optimized_hlo")
+    target = {"FusedoptAdam": "fusedopt_adam", "FusedoptSgd": "fusedopt_sgd"}[ops[0].type]
+    assert hlo.count(f'custom_call_target="{target}"') == 1
 
 
 @needs_xla_kernels
@@ -199,13 +274,14 @@ def test_compiled_step_holds_one_fused_op(opt):
                                            (fusedopt.SGD, keras.optimizers.SGD)])
 def test_step_nested_in_an_xla_function_is_compiled_too(cls, stock_cls):
     """apply() in an inner tf.function, called from a jit_compile=True one:
-    the inner graph is in the XLA cluster too (no Grappler rewrites there)."""
+    the inner graph is in the XLA cluster too (no Grappler rewrites there),
+    and the fused update equals the stock one run eagerly."""
     rng = np.random.default_rng(1)
     values = [rng.standard_normal((4, 3)).astype("float32"),
               rng.standard_normal(5).astype("float32")]
     grads = [tf.constant(rng.standard_normal(v.shape).astype("float32")) for v in values]
 
-    def run(c):
+    def run(c, compiled):
         variables = [tf.Variable(v) for v in values]
         opt = c(learning_rate=0.1, weight_decay=0.1)
         opt.build(variables)
@@ -214,13 +290,17 @@ def test_step_nested_in_an_xla_function_is_compiled_too(cls, stock_cls):
         def inner():
             opt.apply(grads, variables)
 
-        outer = tf.function(inner, jit_compile=True)
-        outer()
-        outer()
+        if compiled:
+            outer = tf.function(inner, jit_compile=True)
+            outer()
+            outer()
+        else:
+            opt.apply(grads, variables)
+            opt.apply(grads, variables)
         return [v.numpy() for v in variables], opt
 
-    fused, opt = run(cls)
-    stock, _ = run(stock_cls)
+    fused, opt = run(cls, compiled=True)
+    stock, _ = run(stock_cls, compiled=False)
     assert_path_under_xla(opt, 2)
     for a, b, v in zip(fused, stock, values):
         assert np.all(a != v)
@@ -245,20 +325,22 @@ x = tf.Variable(np.ones(3, np.float32))
 tf.function(lambda: x.assign(x * 2.0 + 1.0), jit_compile=True)()  # XLA registers its kernels
 import keras, fusedopt  # the op library loads after that compilation
 
-def run(cls, **kwargs):
+def run(cls, jit_compile, **kwargs):
     v = [tf.Variable(np.linspace(-1, 1, 6, dtype=np.float32))]
     opt = cls(learning_rate=0.1, **kwargs)
     opt.build(v)
-    step = tf.function(lambda: opt.apply([tf.constant(np.full(6, 0.5, np.float32))], v),
-                       jit_compile=True)
+    step = lambda: opt.apply([tf.constant(np.full(6, 0.5, np.float32))], v)
+    if jit_compile:
+        step = tf.function(step, jit_compile=True)
     step()
     step()
     return v[0].numpy(), opt
 
+# Under XLA the fused update is the CPU kernel: the stock update run eagerly.
 for cls, stock_cls, kwargs in [(fusedopt.Adam, keras.optimizers.Adam, {}),
                                (fusedopt.SGD, keras.optimizers.SGD, dict(momentum=0.9))]:
-    fused, opt = run(cls, **kwargs)
-    stock, _ = run(stock_cls, **kwargs)
+    fused, opt = run(cls, True, **kwargs)
+    stock, _ = run(stock_cls, False, **kwargs)
     assert list(opt.fused_paths.values()) == ["fused"], opt.fused_paths
     np.testing.assert_array_equal(fused, stock)
 print("OK")
@@ -298,11 +380,10 @@ def _raw_op_under_xla(lib, op_name, clip="none", clip_args=()):
 
 
 _NO_XLA_SCRIPT = """
-import importlib.util, os, numpy as np, tensorflow as tf
+import os, numpy as np, tensorflow as tf
 # The op library alone, without _tf_xla_ops.so (importing fusedopt would load
-# both).
-package = os.path.dirname(importlib.util.find_spec("fusedopt").origin)
-lib = tf.load_op_library(os.path.join(package, "_tf_ops.so"))
+# both); its folder comes from the test process (_ops._library_dir()).
+lib = tf.load_op_library(os.path.join({lib_dir!r}, "_tf_ops.so"))
 {raw_op_under_xla}
 for op in ("FusedoptAdam", "FusedoptSgd"):
     raw, var = _raw_op_under_xla(lib, op)
@@ -321,7 +402,8 @@ def test_raw_ops_need_the_xla_kernels():
     """Why the fallback exists: without _tf_xla_ops.so the raw ops fail in a
     compiled function, and with it they run."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    script = _NO_XLA_SCRIPT.format(raw_op_under_xla=inspect.getsource(_raw_op_under_xla))
+    script = _NO_XLA_SCRIPT.format(raw_op_under_xla=inspect.getsource(_raw_op_under_xla),
+                                   lib_dir=_ops._library_dir())
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, timeout=240, env=env, cwd=os.path.dirname(__file__))
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
@@ -329,12 +411,3 @@ def test_raw_ops_need_the_xla_kernels():
         raw, var = _raw_op_under_xla(_ops.library(), "FusedoptSgd")
         raw()
         np.testing.assert_array_equal(var.numpy(), np.full(4, 0.5, np.float32))
-
-
-@needs_xla_kernels
-@pytest.mark.parametrize("op_name", ["FusedoptAdam", "FusedoptSgd"])
-def test_xla_kernels_refuse_folded_clipping(op_name):
-    raw, var = _raw_op_under_xla(_ops.library(), op_name, clip="value", clip_args=(-1.0, 1.0))
-    with pytest.raises(tf.errors.UnimplementedError, match="clip='none' only"):
-        raw()
-    np.testing.assert_array_equal(var.numpy(), np.ones(4, np.float32))

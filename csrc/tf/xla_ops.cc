@@ -120,13 +120,14 @@ absl::StatusOr<xla::Shape> DenseShape(xla::XlaBuilder* b, xla::XlaOp op) {
   return shape;
 }
 
-// One typed-FFI custom call to `target`. result_shapes: one per result (a
-// tuple when there are several); result j < `aliased` aliases operand j.
-// attrs: the handler's attributes as an MLIR dictionary ("{a = 1, b = "x"}").
+// One typed-FFI custom call to `target`. result_shapes: one per result, a
+// tuple of them unless `single` (one result, the call's value itself);
+// result j < `aliased` aliases operand j. attrs: the handler's attributes as
+// an MLIR dictionary ("{a = 1, b = "x"}").
 absl::StatusOr<xla::XlaOp> FfiCall(xla::XlaBuilder* b, const char* target,
                                    const std::vector<xla::XlaOp>& operands,
                                    std::vector<xla::Shape> result_shapes, int64_t aliased,
-                                   const std::string& attrs) {
+                                   const std::string& attrs, bool single = false) {
   if (!RegistrationError().empty()) return tf::errors::Internal(RegistrationError());
   std::vector<xla::Shape> operand_shapes;
   for (const xla::XlaOp& op : operands) {
@@ -134,9 +135,11 @@ absl::StatusOr<xla::XlaOp> FfiCall(xla::XlaBuilder* b, const char* target,
     operand_shapes.push_back(std::move(s));
   }
   for (xla::Shape& s : result_shapes) xla::LayoutUtil::SetToDefaultLayout(&s);
-  const xla::Shape shape = result_shapes.size() == 1
-                               ? result_shapes[0]
-                               : xla::ShapeUtil::MakeTupleShape(result_shapes);
+  if (single && result_shapes.size() != 1) {
+    return tf::errors::Internal(target, ": a single result expected");
+  }
+  const xla::Shape shape =
+      single ? result_shapes[0] : xla::ShapeUtil::MakeTupleShape(result_shapes);
   std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
   for (int64_t j = 0; j < aliased; ++j) {
     aliasing.push_back({xla::ShapeIndex({j}), {j, xla::ShapeIndex()}});
@@ -385,7 +388,7 @@ class FusedoptSquaredNormsXlaOp : public tf::XlaOpKernel {
     OP_REQUIRES_OK(ctx, tf::DataTypeToPrimitiveType(dtype_, &type));
     auto call = FfiCall(ctx->builder(), fh::kSquaredNormsTarget, x,
                         {xla::ShapeUtil::MakeShape(type, {static_cast<int64_t>(x.size())})}, 0,
-                        "");
+                        "", /*single=*/true);
     OP_REQUIRES_OK(ctx, call.status());
     ctx->SetOutput(0, *call);
   }
@@ -449,7 +452,8 @@ class FusedoptAllFiniteXlaOp : public tf::XlaOpKernel {
     std::vector<tf::TensorShape> shapes;
     OP_REQUIRES_OK(ctx, ctx->InputList("x", &x, &shapes));
     auto call = FfiCall(ctx->builder(), fh::kAllFiniteTarget, x,
-                        {xla::ShapeUtil::MakeShape(xla::PRED, {})}, 0, "");
+                        {xla::ShapeUtil::MakeShape(xla::PRED, {})}, 0, "",
+                        /*single=*/true);
     OP_REQUIRES_OK(ctx, call.status());
     ctx->SetOutput(0, *call);
   }
