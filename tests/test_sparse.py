@@ -95,7 +95,14 @@ def test_embedding_matches_stock_in_fit(name, mode):
     sf, ss = state(fused), state(stock)
     assert len(sf) == len(ss)
     for i, (a, b) in enumerate(zip(sf, ss)):
-        np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
+        if mode == "xla" and a.dtype == np.float32 and a.size:
+            # Under XLA the fused update is the CPU kernel and the stock one
+            # XLA's rewrite of it (docs/xla.md): equal to the last bits,
+            # compounded by the forward pass, not bit for bit.
+            err = np.max(np.abs(a.astype(np.float64) - b))
+            assert err <= 1e-6 * np.max(np.abs(b)), (i, err)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"variable {i}")
     # Training moved the embedding (the sparse fallback did run).
     keras.utils.set_random_seed(21)
     assert not np.array_equal(make_model().weights[0].numpy(), sf[0])

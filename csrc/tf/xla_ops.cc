@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -33,6 +34,7 @@
 #include "tensorflow/compiler/tf2xla/type_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "tensorflow/compiler/tf2xla/xla_resource.h"
 #include "tensorflow/core/framework/kernel_def_builder.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "xla/ffi/api/api.h"
@@ -215,8 +217,20 @@ absl::Status ReadVariables(tf::XlaOpKernelContext* ctx, const char* op, tf::Data
                            VariableOperands* out) {
   int input = 0;
   std::vector<tf::TensorShape> param_shapes;
+  // Each variable once, as the CPU kernels require: written twice in one
+  // call, one of the two updates would be silently lost.
+  std::unordered_map<const tf::XlaResource*, std::string> seen;
   for (const auto& [name, count] : lists) {
     for (int i = 0; i < count; ++i, ++input) {
+      tf::XlaResource* resource;
+      TF_RETURN_IF_ERROR(ctx->GetResourceInput(input, &resource));
+      const std::string label = absl::StrCat(name, "[", i, "] (variable '", resource->name(),
+                                             "')");
+      const auto [it, inserted] = seen.emplace(resource, label);
+      if (!inserted) {
+        return tf::errors::InvalidArgument(op, ": ", label, " and ", it->second,
+                                           " are the same variable; each may appear once");
+      }
       tf::TensorShape shape;
       xla::XlaOp value;
       TF_RETURN_IF_ERROR(ctx->ReadVariableInput(input, dtype, &shape, &value));
