@@ -346,3 +346,19 @@ def test_wrong_clip_args_length_fails_at_compile_time():
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"clip_args must be a vector of 3 values for clip='ratio'"):
         tf.function(fn, jit_compile=True)()
+
+
+def test_one_variable_twice_is_refused_at_compile_time():
+    var = tf.Variable(np.ones(3, np.float32))
+    slot = tf.Variable(np.zeros(3, np.float32))
+
+    @tf.function(jit_compile=True)
+    def step():
+        LIB.fusedopt_adam(params=[var.handle], m=[slot.handle], v=[slot.handle],
+                          grads=[tf.ones(3)], **{k: tf.constant(0.1) for k in ADAM_SCALARS},
+                          clip="none", clip_args=tf.zeros([0]), apply_if=[])
+
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"v\[0\] .* and m\[0\] .* are the same variable"):
+        step()
+    np.testing.assert_array_equal(var.numpy(), np.ones(3, np.float32))
