@@ -109,14 +109,19 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
     }
 
 
-def _parse_pair(text: str) -> tuple[str, str]:
+def _parse_pair(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """A:B, each side OPTIMIZER or OPTIMIZER@IMPL (the implementation, else --impl)."""
     a, sep, b = text.partition(":")
-    for name in (a, b):
-        if not sep or name not in OPTIMIZERS:
+    sides = []
+    for side in (a, b):
+        name, _, impl = side.partition("@")
+        if not sep or name not in OPTIMIZERS or (impl and impl not in IMPLEMENTATIONS):
             raise argparse.ArgumentTypeError(
-                f"--pair expects OPTIMIZER:OPTIMIZER with names from {sorted(OPTIMIZERS)}, "
+                f"--pair expects OPTIMIZER[@IMPL]:OPTIMIZER[@IMPL] with optimizers from "
+                f"{sorted(OPTIMIZERS)} and implementations from {sorted(IMPLEMENTATIONS)}, "
                 f"got {text!r}")
-    return a, b
+        sides.append((name, impl or None))
+    return sides[0], sides[1]
 
 
 def main(argv=None) -> int:
@@ -125,7 +130,8 @@ def main(argv=None) -> int:
         description="The ratio of two optimizer cases timed in turns (A B B A ...), from a "
                     "cold cache, on the CPU.")
     parser.add_argument("--pair", action="append", type=_parse_pair, required=True,
-                        metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam "
+                        metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam, "
+                        "each optionally @IMPL, e.g. adam@fusedopt-xla:adam@keras-xla "
                         "(repeatable)")
     parser.add_argument("--shapes", type=checks.shapes, default=parse_shapes("20x1M,300x256"),
                         metavar="NxSIZE,...")
@@ -139,19 +145,23 @@ def main(argv=None) -> int:
     parser.add_argument("--name", type=checks.file_prefix,
                         default=f"paired-cpu-{datetime.date.today().isoformat()}")
     args = parser.parse_args(argv)
-    impl = IMPLEMENTATIONS.get(args.impl)
-    if impl is None or impl.device != "cpu":
-        parser.error(f"--impl must be a CPU implementation, one of "
-                     f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}")
+    for name in [args.impl] + [i for pair in args.pair for _, i in pair if i]:
+        impl = IMPLEMENTATIONS.get(name)
+        if impl is None or impl.device != "cpu":
+            parser.error(f"implementations must be CPU ones, one of "
+                         f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}"
+                         f", got {name!r}")
     if args.out:  # the last check, before anything runs
         checks.prepare_out(parser, args.out, files=[args.name + ".json"])
 
     evictor = floor_mod.Evictor(floor_mod.llc_bytes())
     results = []
-    for a_name, b_name in args.pair:
+    for (a_name, a_impl), (b_name, b_impl) in args.pair:
         for shape in args.shapes:
-            a = Case(OPTIMIZERS[a_name], args.dtype, shape, impl)
-            b = Case(OPTIMIZERS[b_name], args.dtype, shape, impl)
+            a = Case(OPTIMIZERS[a_name], args.dtype, shape,
+                     IMPLEMENTATIONS[a_impl or args.impl])
+            b = Case(OPTIMIZERS[b_name], args.dtype, shape,
+                     IMPLEMENTATIONS[b_impl or args.impl])
             try:
                 r = measure_pair(a, b, args.samples, evictor)
             except Skip as e:
