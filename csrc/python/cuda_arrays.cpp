@@ -70,26 +70,28 @@ enum class Kind { kNumpy, kCudaArrayInterface, kDlpackCuda, kDlpackHost, kOther 
 
 Kind classify(py::handle obj) {
   if (py::isinstance<py::array>(obj)) return Kind::kNumpy;
-  const bool has_cai = py::hasattr(obj, "__cuda_array_interface__");
   // DLPack first where an object offers both: its __dlpack__(stream=) makes
   // our stream wait for the producer's, while PyTorch's
   // __cuda_array_interface__ carries no stream (a kernel could read before
-  // the producer's stream wrote). hasattr swallows the errors of objects
-  // that refuse an interface (a PyTorch CPU tensor, or one that requires
-  // grad); DLPack then explains.
+  // the producer's stream wrote); the array interface is not even looked at
+  // then. hasattr swallows the errors of objects that refuse an interface (a
+  // PyTorch CPU tensor, or one that requires grad); DLPack then explains.
+  const auto cai_or = [&](Kind otherwise) {
+    return py::hasattr(obj, "__cuda_array_interface__") ? Kind::kCudaArrayInterface : otherwise;
+  };
   if (py::hasattr(obj, "__dlpack__") && py::hasattr(obj, "__dlpack_device__")) {
     try {
       py::tuple dev = obj.attr("__dlpack_device__")();
       const int type = dev[0].cast<int>();
       if (type == kDLCUDA || type == kDLCUDAManaged) return Kind::kDlpackCuda;
-      return has_cai ? Kind::kCudaArrayInterface : Kind::kDlpackHost;
+      return cai_or(Kind::kDlpackHost);
     } catch (py::error_already_set&) {
-      return has_cai ? Kind::kCudaArrayInterface : Kind::kOther;
+      return cai_or(Kind::kOther);
     } catch (py::cast_error&) {
-      return has_cai ? Kind::kCudaArrayInterface : Kind::kOther;
+      return cai_or(Kind::kOther);
     }
   }
-  return has_cai ? Kind::kCudaArrayInterface : Kind::kOther;
+  return cai_or(Kind::kOther);
 }
 
 bool is_cuda(py::handle obj) {
