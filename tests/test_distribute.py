@@ -390,7 +390,8 @@ def test_mirrored_one_replica_folds_clip(mirrored):
     _assert_same(result["fused"], result["stock"], close=True)
     device = _canonical(result["devices"][0])
     assert [(op, _canonical(d)) for op, d in result["ops"]] == [
-        ("FusedoptSquaredNorms", device), ("FusedoptAdam", device)], result["ops"]
+        ("FusedoptSquaredNorms", device), ("FusedoptClipFactors", device),
+        ("FusedoptAdam", device)], result["ops"]
 
 
 @pytest.mark.parametrize("name", ["OneDeviceStrategy", "CentralStorageStrategy"])

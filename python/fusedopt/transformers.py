@@ -18,14 +18,17 @@ their iteration count) or a zero-argument callable, read at every call.
 
 from __future__ import annotations
 
+import types
+from typing import NamedTuple
+
 import keras
 from keras import ops
-import tensorflow as tf
+from keras.src.optimizers import base_optimizer
 
 from fusedopt import hyperparameters as hp
 
-__all__ = ["BuiltinTransformer", "ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "clip_by_global_norm",
-           "clip_by_norm", "clip_by_value"]
+__all__ = ["BuiltinTransformer", "ClipByGlobalNorm", "ClipByNorm", "ClipByValue", "KernelClip",
+           "clip_by_global_norm", "clip_by_norm", "clip_by_value"]
 
 
 def _checked(name, value, valid):
@@ -49,20 +52,46 @@ def _map_grads(fn, grads_and_vars):
     """Applies fn to every non-None gradient (IndexedSlices: to its values)."""
     out = []
     for grad, var in grads_and_vars:
-        if isinstance(grad, tf.IndexedSlices):
-            grad = tf.IndexedSlices(fn(grad.values), grad.indices, grad.dense_shape)
+        if _is_sparse(grad):
+            grad = type(grad)(fn(grad.values), grad.indices, grad.dense_shape)
         elif grad is not None:
             grad = fn(grad)
         out.append((grad, var))
     return out
 
 
-class BuiltinTransformer:
-    """Shared plumbing: config round trip and a readable repr."""
+def _is_sparse(grad) -> bool:
+    """An IndexedSlices gradient (TF's sparse gradients of embeddings)."""
+    return hasattr(grad, "indices") and hasattr(grad, "values")
+
+
+class KernelClip(NamedTuple):
+    """A clip as the fused kernels take it (see csrc/kernels/clip.h): kind
+    "value" with args (lo, hi), or "norm" / "global_norm" with (max_norm,);
+    the values are this step's (numbers or 0-d tensors)."""
 
     kind: str
+    args: tuple
+
+
+class BuiltinTransformer:
+    """Shared plumbing: config round trip, a readable repr, and folding.
+
+    A built-in clip can be folded into the fused update (``foldable``): the
+    optimizer asks it for ``kernel_clip(step)`` instead of calling it, and
+    the kernels apply the clip inside their pass over the gradients. Called,
+    it runs Keras' own clipping code with its threshold, exactly what the
+    stock optimizer runs for the equivalent clip argument.
+    """
+
+    kind: str
+    foldable = True
 
     def _config_values(self) -> dict:
+        raise NotImplementedError
+
+    def kernel_clip(self, step) -> KernelClip:
+        """This clip for the fused kernels, with this step's thresholds."""
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -100,9 +129,12 @@ class ClipByValue(BuiltinTransformer):
     def _config_values(self):
         return {"min_value": self.min_value, "max_value": self.max_value}
 
+    def kernel_clip(self, step):
+        return KernelClip("value", (threshold(self, "min_value", step),
+                                    threshold(self, "max_value", step)))
+
     def __call__(self, grads_and_vars, step=None):
-        lo = threshold(self, "min_value", step)
-        hi = threshold(self, "max_value", step)
+        lo, hi = self.kernel_clip(step).args
         return _map_grads(lambda g: ops.clip(g, lo, hi), grads_and_vars)
 
 
@@ -119,10 +151,21 @@ class ClipByNorm(BuiltinTransformer):
     def _config_values(self):
         return {"max_norm": self.max_norm}
 
+    def kernel_clip(self, step):
+        return KernelClip("norm", (threshold(self, "max_norm", step),))
+
     def __call__(self, grads_and_vars, step=None):
-        max_norm = threshold(self, "max_norm", step)
-        return _map_grads(lambda g: tf.clip_by_norm(g, tf.cast(max_norm, g.dtype)),
-                          grads_and_vars)
+        (max_norm,) = self.kernel_clip(step).args
+        # The stock optimizer's own clip-by-norm (TF: tf.clip_by_norm), with
+        # this threshold as its clipnorm.
+        clip = keras.optimizers.Optimizer._clip_by_norm
+        out = []
+        for grad, var in grads_and_vars:
+            if grad is not None:
+                stock = types.SimpleNamespace(clipnorm=_in_dtype_of(max_norm, grad))
+                grad = clip(stock, grad)
+            out.append((grad, var))
+        return out
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
@@ -139,21 +182,39 @@ class ClipByGlobalNorm(BuiltinTransformer):
     def _config_values(self):
         return {"max_norm": self.max_norm}
 
+    def kernel_clip(self, step):
+        return KernelClip("global_norm", (threshold(self, "max_norm", step),))
+
     def __call__(self, grads_and_vars, step=None):
         grads_and_vars = list(grads_and_vars)
-        values = [g.values if isinstance(g, tf.IndexedSlices) else g
-                  for g, _ in grads_and_vars if g is not None]
-        if not values:
+        present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
+        if not present:
             return grads_and_vars
-        scale = global_norm_scale(values, threshold(self, "max_norm", step))
-        return _map_grads(lambda g: g * ops.cast(scale, g.dtype), grads_and_vars)
+        (max_norm,) = self.kernel_clip(step).args
+        # Keras' clip_by_global_norm (what global_clipnorm= runs), over the
+        # gradients' values (IndexedSlices: their slices).
+        values = [_values(grads_and_vars[i][0]) for i in present]
+        clipped = dict(zip(present, base_optimizer.clip_by_global_norm(
+            values, _in_dtype_of(max_norm, values[0]))))
+        out = []
+        for i, (grad, var) in enumerate(grads_and_vars):
+            if i in clipped:
+                grad = (type(grad)(clipped[i], grad.indices, grad.dense_shape)
+                        if _is_sparse(grad) else clipped[i])
+            out.append((grad, var))
+        return out
 
 
-def global_norm_scale(values, max_norm):
-    """Keras' clip_by_global_norm factor, written the same way."""
-    use_norm = ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(v)) for v in values])))
-    scale_for_finite = max_norm * ops.minimum(1.0 / use_norm, 1.0 / max_norm)
-    return scale_for_finite + (use_norm - use_norm)
+def _values(grad):
+    return grad.values if _is_sparse(grad) else grad
+
+
+def _in_dtype_of(threshold_value, grad):
+    """A threshold as the stock clip code takes it: numbers as they are (as
+    Keras' clipnorm), tensors and variables cast to the gradient's dtype."""
+    if hp.is_number(threshold_value):
+        return threshold_value
+    return ops.cast(threshold_value, _values(grad).dtype)
 
 
 def clip_by_value(min_value, max_value) -> ClipByValue:
@@ -169,3 +230,15 @@ def clip_by_norm(max_norm) -> ClipByNorm:
 def clip_by_global_norm(max_norm) -> ClipByGlobalNorm:
     """A transformer scaling all gradients so their global L2 norm <= max_norm."""
     return ClipByGlobalNorm(max_norm)
+
+
+def from_keras_arguments(optimizer) -> BuiltinTransformer | None:
+    """The optimizer's clipnorm / global_clipnorm / clipvalue as the
+    equivalent built-in (Keras applies the first one set, in that order)."""
+    if optimizer.clipnorm:
+        return ClipByNorm(optimizer.clipnorm)
+    if optimizer.global_clipnorm:
+        return ClipByGlobalNorm(optimizer.global_clipnorm)
+    if optimizer.clipvalue:
+        return ClipByValue(-optimizer.clipvalue, optimizer.clipvalue)
+    return None

@@ -1,18 +1,18 @@
-"""Fused Adam and AdamW: the stock Keras classes with a fused update step."""
+"""Fused Adam and AdamW: the stock Keras classes with a planned, fused update."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-from fusedopt import _ops
 from fusedopt import hyperparameters as hp
-from fusedopt.optimizers import clipping
-from fusedopt.optimizers.base import Optimizer, decay_scalars, scalar
+from fusedopt.optimizers.base import Optimizer
 
 
-class _FusedAdamUpdate:
-    """The fused Adam/AdamW update, shared by Adam and AdamW."""
+class _FusedAdamRule:
+    """The Adam/AdamW rule's part of the fused update, shared by both classes."""
+
+    _fused_rule = "adam"
 
     @classmethod
     def _hyperparameter_ranges(cls):
@@ -30,53 +30,36 @@ class _FusedAdamUpdate:
             return "amsgrad=True (not fused yet)"
         return None
 
-    def _fused_update(self, grads, variables, learning_rate, weight_decay,
-                      clip=clipping.NO_CLIP, apply_if=None):
-        # The scalars are computed with the same ops, in the same order and
-        # dtype, as keras.optimizers.Adam.update_step, so that the fused op
-        # reproduces the stock optimizer bit for bit. (Note ops.cast of a Python
-        # float goes through float32, as in the stock code; `scalar` converts
-        # exactly, as the stock code's `tensor * (1 - beta_1)` does.)
-        dtype = variables[0].dtype
+    def _fused_slots(self):
+        return (self._momentums, self._velocities)
+
+    def _fused_scalars(self, learning_rate, dtype):
+        # The same ops, in the same order and dtype, as
+        # keras.optimizers.Adam.update_step, so that the kernel reproduces the
+        # stock optimizer bit for bit (ops.cast of a Python float goes through
+        # float32, as in the stock code; the executor converts the numbers
+        # 1 - beta_1, ... exactly, as the stock `tensor * (1 - beta_1)` does).
         lr = ops.cast(learning_rate, dtype)
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        decay_lr, wd = decay_scalars(self, lr, dtype, weight_decay)
-        _ops.library().fusedopt_adam(
-            params=[v.handle for v in variables],
-            m=[self._slot(self._momentums, v).handle for v in variables],
-            v=[self._slot(self._velocities, v).handle for v in variables],
-            grads=grads,
-            alpha=alpha,
-            one_minus_beta_1=scalar(1 - self.beta_1, dtype),
-            one_minus_beta_2=scalar(1 - self.beta_2, dtype),
-            epsilon=scalar(self.epsilon, dtype),
-            lr=decay_lr,
-            weight_decay=wd,
-            apply_weight_decay=weight_decay,
-            clip=clip[0],
-            clip_args=clipping.clip_args(clip, dtype),
-            apply_if=[] if apply_if is None else [apply_if],
-        )
+        return {"lr": lr, "alpha": alpha, "one_minus_beta_1": 1 - self.beta_1,
+                "one_minus_beta_2": 1 - self.beta_2, "epsilon": self.epsilon}
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
-class Adam(_FusedAdamUpdate, Optimizer, keras.optimizers.Adam):
+class Adam(_FusedAdamRule, Optimizer, keras.optimizers.Adam):
     """`keras.optimizers.Adam` with all variables updated by one fused op.
 
     Same arguments, config, optimizer variables and results as the stock class
-    (bit-identical in float32 on the CPU). Variables the fused op does not
-    cover (sparse gradients, dtypes other than float32/float64, amsgrad, XLA
-    clusters in a build without the XLA kernels, tf.distribute strategies
-    other than the mirrored ones) use the
-    stock per-variable update;
-    `fused_paths` shows which path each variable took.
+    (the parity contract: docs/design.md). Variables the fused op does not
+    cover (sparse gradients, other dtypes, amsgrad, ...) use the stock
+    per-variable update; `fused_paths` shows which path each variable took.
     """
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
-class AdamW(_FusedAdamUpdate, Optimizer, keras.optimizers.AdamW):
+class AdamW(_FusedAdamRule, Optimizer, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` with the decoupled weight decay and the Adam
     update fused into one pass over all variables. See `fusedopt.Adam`."""

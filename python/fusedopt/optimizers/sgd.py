@@ -1,16 +1,14 @@
-"""Fused SGD: the stock Keras class with a fused update step."""
+"""Fused SGD: the stock Keras class with a planned, fused update."""
 
 from __future__ import annotations
 
 import numbers
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from fusedopt import _ops
-from fusedopt.optimizers import _grappler, clipping
-from fusedopt.optimizers.base import Optimizer, decay_scalars
+from fusedopt import hyperparameters as hp
+from fusedopt.optimizers.base import Optimizer
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
@@ -19,19 +17,16 @@ class SGD(Optimizer, keras.optimizers.SGD):
 
     Plain SGD, momentum and Nesterov momentum, with the weight decay folded
     into the same pass. Same arguments, config, optimizer variables and
-    results as the stock class (bit-identical in float32 on the CPU).
-    Variables the fused op does not cover (sparse gradients, dtypes other than
-    float32/float64, XLA clusters in a build without the XLA kernels,
-    tf.distribute strategies other than the
-    mirrored ones, GPU variables)
-    use the stock per-variable update; `fused_paths` shows which path each
-    variable took.
+    results as the stock class (the parity contract: docs/design.md).
+    Variables the fused op does not cover (sparse gradients, other dtypes,
+    ...) use the stock per-variable update; `fused_paths` shows which path
+    each variable took.
     """
+
+    _fused_rule = "sgd"
 
     @classmethod
     def _hyperparameter_ranges(cls):
-        from fusedopt import hyperparameters as hp
-
         return {**super()._hyperparameter_ranges(), "momentum": hp.UNIT_CLOSED}
 
     def _slot_attributes(self):
@@ -42,22 +37,6 @@ class SGD(Optimizer, keras.optimizers.SGD):
         if isinstance(momentum, numbers.Real) and momentum == 0:
             return {}
         return {"momentum": "momentums"}
-
-    def _fused_unsupported_reason(self):
-        return None
-
-    def _fallback_reason(self, distribution, grad, var):
-        reason = super()._fallback_reason(distribution, grad, var)
-        if reason is None and "GPU" in var.device.upper():
-            return "variable on a GPU (FusedoptSgd has no GPU kernel yet)"
-        if reason is None and self._pending_clip is None:
-            # Only an unclipped gradient can be absorbed into Grappler's
-            # product (a global-norm scale keeps it a plain input).
-            try:
-                _grappler.product_of(grad)
-            except _grappler.Unsupported as e:
-                return str(e)
-        return reason
 
     def _uses_momentum(self) -> bool:
         """Whether this step updates the momentum buffers.
@@ -72,54 +51,12 @@ class SGD(Optimizer, keras.optimizers.SGD):
             return False
         return bool(self.momentums)
 
-    def _fused_update(self, grads, variables, learning_rate, weight_decay,
-                      clip=clipping.NO_CLIP, apply_if=None):
-        # The scalars are computed with the same ops and dtype as
-        # keras.optimizers.SGD.update_step (ops.cast of a Python float goes
-        # through float32, as in the stock code), so that the fused op
-        # reproduces the stock optimizer bit for bit.
-        dtype = variables[0].dtype
-        lr = ops.cast(learning_rate, dtype)
-        momentum = ops.cast(self.momentum, dtype)
-        decay_lr, wd = decay_scalars(self, lr, dtype, weight_decay)
-        use_momentum = self._uses_momentum()
-        kind, args = clip
+    def _fused_slots(self):
+        return (self.momentums,) if self._uses_momentum() else ()
 
-        # In a traced graph, Grappler computes the stock `gradient * lr` as
-        # `g * (scale * lr)` where the gradient is `g * scale` (global
-        # clipnorm, gradient accumulation, loss scaling; see _grappler.py).
-        # The gradient clipped by value or by norm is not such a product.
-        # One op call per distinct scalar, so that each rounds like the stock
-        # code.
-        scales = (tf.reshape(args, []),) if kind == "scale" else ()
-        calls = {}
-        for grad, var in zip(grads, variables):
-            if kind == "scale":
-                product = _grappler.product_of(grad, scales=scales)
-            elif kind == "none":
-                product = _grappler.product_of(grad)
-            else:
-                product = _grappler.as_written(grad)
-            key = (product.key(), product.includes_scales)
-            entry = calls.setdefault(key, (product, [], []))
-            entry[1].append(product.tensor)
-            entry[2].append(var)
-
-        for product, call_grads, call_vars in calls.values():
-            # The scale is in the scalar, or (no rewrite) applied by the op.
-            call_clip = clipping.NO_CLIP if product.includes_scales else clip
-            _ops.library().fusedopt_sgd(
-                params=[v.handle for v in call_vars],
-                momentums=[self._slot(self.momentums, v).handle for v in call_vars]
-                if use_momentum else [],
-                grads=call_grads,
-                lr=product.scalar(lr),
-                momentum=momentum,
-                weight_decay=wd,
-                decay_lr=decay_lr,
-                nesterov=bool(self.nesterov),
-                apply_weight_decay=weight_decay,
-                clip=call_clip[0],
-                clip_args=clipping.clip_args(call_clip, dtype),
-                apply_if=[] if apply_if is None else [apply_if],
-            )
+    def _fused_scalars(self, learning_rate, dtype):
+        # The same ops and dtype as keras.optimizers.SGD.update_step (ops.cast
+        # of a Python float goes through float32, as in the stock code).
+        return {"lr": ops.cast(learning_rate, dtype),
+                "momentum": ops.cast(self.momentum, dtype),
+                "nesterov": bool(self.nesterov)}

@@ -35,8 +35,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from fusedopt import _ops
-from fusedopt.optimizers import clipping
+from fusedopt.backends.tensorflow.executor import all_finite
 from fusedopt.optimizers.arguments import _gradient_shape, _label
 
 
@@ -72,10 +71,10 @@ def check_apply_arguments(grads, variables, var_key) -> None:
                     f"IndexedSlices; got {type(grad).__name__}"
                 ) from e
         dtype = tf.as_dtype(grad.dtype)
-        if not dtype.is_floating:
+        if not (dtype.is_floating or dtype.is_complex):
             raise TypeError(
                 f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype.name}; "
-                "expected a floating-point gradient"
+                "expected a floating-point (or complex) gradient"
             )
         shape = _gradient_shape(grad)
         if not shape.is_compatible_with(tuple(var.shape)):
@@ -83,62 +82,6 @@ def check_apply_arguments(grads, variables, var_key) -> None:
                 f"gradient {i} has shape {shape} but its variable {_label(var)!r} has shape "
                 f"{tuple(var.shape)}; nothing was updated"
             )
-
-
-def all_finite(grads) -> tf.Tensor:
-    """A bool scalar tensor: no element of any gradient is Inf or NaN.
-
-    CPU gradients are checked by one FusedoptAllFinite op per dtype and device
-    (a single multi-threaded pass); others (GPU tensors, inside XLA, or without the op
-    library) with the stock per-tensor ops.
-    """
-    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
-    values = [tf.convert_to_tensor(v) for v in values]
-    # FusedoptAllFinite has no XLA kernel: inside an XLA cluster
-    # (jit_compile=True) the stock ops check, compiled by XLA.
-    lib = None if _ops.in_xla_context() else _ops.library()
-    fused, other = {}, []
-    for v in values:
-        on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
-        if lib is not None and on_cpu and v.dtype in _ALL_FINITE_DTYPES:
-            fused.setdefault((v.dtype, v.device), []).append(v)
-        else:
-            other.append(v)
-    checks = []
-    for (_, device), group in fused.items():
-        # On the gradients' own CPU device (each replica's, under a strategy).
-        with tf.device(device or None):
-            checks.append(lib.fusedopt_all_finite(group))
-    checks += [tf.reduce_all(tf.math.is_finite(v)) for v in other]
-    if not checks:
-        return tf.constant(True)
-    if len(checks) == 1:
-        return checks[0]
-    return tf.reduce_all(tf.stack(checks))
-
-
-_ALL_FINITE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-
-
-class StepPredicate:
-    """Whether the step being traced may write: computed where first needed.
-
-    A pass that reads every gradient of the step anyway (the global norm of a
-    folded clip) can `provide` it; otherwise `value()` runs `check`.
-    """
-
-    def __init__(self, check):
-        self._check = check
-        self._value = None
-
-    def provide(self, value) -> None:
-        if self._value is None:
-            self._value = value
-
-    def value(self) -> tf.Tensor:
-        if self._value is None:
-            self._value = self._check()
-        return self._value
 
 
 class StepGuard:
@@ -152,9 +95,6 @@ class StepGuard:
             )
         super().__init__(*args, **kwargs)
         self._skip_nonfinite = skip_nonfinite
-        # While a gated apply traces: the StepPredicate whose value the fused
-        # ops take as their apply_if input (base.Optimizer._update_pairs).
-        self._step_predicate = None
 
     @property
     def skip_nonfinite(self) -> bool:
@@ -187,18 +127,21 @@ class StepGuard:
                 self.build(trainable_variables)
             self.built = True
 
+        if tf.executing_eagerly():
+            if bool(all_finite(grads)):
+                super().apply(grads, trainable_variables)
+            return None
+        if self._gated_by_inputs(trainable_variables):
+            # The plan gates the step: the fused ops take the check as their
+            # apply_if input (fusedopt.core.plan.step_gate).
+            return super().apply(grads, trainable_variables)
         stock_apply = super().apply
         if (tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()
                 and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
             tf.distribute.get_replica_context().merge_call(
                 self._apply_if_finite_everywhere, args=(grads, trainable_variables))
             return None
-        if tf.executing_eagerly():
-            if bool(all_finite(grads)):
-                stock_apply(grads, trainable_variables)
-            return None
-        self._apply_if(lambda: all_finite(grads),
-                       lambda: stock_apply(grads, trainable_variables), trainable_variables)
+        tf.cond(all_finite(grads), lambda: stock_apply(grads, trainable_variables), lambda: None)
         return None
 
     def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
@@ -214,32 +157,16 @@ class StepGuard:
             distribution.extended.call_for_each_replica(
                 stock_apply, args=(grads, trainable_variables))
 
-        self._apply_if(lambda: finite, run, trainable_variables)
+        tf.cond(finite, run, lambda: None)
 
-    def _apply_if(self, check, run, trainable_variables):
-        """Traces `run` (the stock apply) so that it writes nothing unless the
-        gradients are finite (`check()`, a bool tensor): through the fused
-        ops' apply_if input where it can, else in a cond (see the module
-        docstring)."""
-        if not self._gated_by_input(trainable_variables):
-            tf.cond(check(), run, lambda: None)
-            return
-        self._step_predicate = StepPredicate(check)
-        try:
-            run()
-            finite = self._step_predicate.value()
-        finally:
-            self._step_predicate = None
-        # Keras counted the step; a skipped one is taken back.
-        self._iterations.assign_sub(tf.cast(tf.logical_not(finite), self._iterations.dtype))
-
-    def _gated_by_input(self, trainable_variables) -> bool:
-        """Whether every write of the stock apply, other than the fused ops
-        and the iteration count, is absent (see the module docstring)."""
-        if self.use_ema or self.gradient_accumulation_steps:
+    def _gated_by_inputs(self, trainable_variables) -> bool:
+        """Whether every write of the step, other than the fused ops and the
+        iteration count, is absent (see the module docstring), so that the
+        step plan can gate it through the ops' apply_if input."""
+        if not self._skip_nonfinite or self.use_ema or self.gradient_accumulation_steps:
             return False
         # A user's transformer may write state of its own; the built-ins do not.
-        if not all(clipping.is_foldable(t) for t in getattr(self, "gradient_transformers", ())):
+        if not all(getattr(t, "foldable", False) for t in self.gradient_transformers):
             return False
         variables = (self._trainable_variables if trainable_variables is None
                      else trainable_variables)

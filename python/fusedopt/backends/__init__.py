@@ -1,0 +1,1 @@
+"""Per-framework executors of the step plan (fusedopt.core.plan)."""

@@ -1,0 +1,1 @@
+"""Framework-free parts of fusedopt: the step plan."""
