@@ -82,11 +82,9 @@ def step_fallback(optimizer, distribution=None) -> str | None:
 
 def can_fold_clip(optimizer) -> bool:
     """Whether a built-in clip can go into the fused ops this step."""
+    # Inside XLA too: the norm and factor ops have XLA kernels (one custom
+    # call each, docs/xla.md) wherever the update op has.
     if step_fallback(optimizer) is not None:
-        return False
-    # Inside XLA the norm and factor ops have no XLA kernels: the stock
-    # clipping runs, compiled as for the stock optimizer.
-    if in_xla_context():
         return False
     # Keras clips (and fusedopt runs the transformers on) each replica's
     # gradients before the cross-replica sum, and the update sees only the
@@ -106,14 +104,13 @@ def all_finite(grads) -> tf.Tensor:
     """A bool scalar tensor: no element of any gradient is Inf or NaN.
 
     CPU gradients are checked by one FusedoptAllFinite op per dtype and
-    device (one multi-threaded pass); others (GPU tensors, inside XLA, or
-    without the op library) with the stock per-tensor ops.
+    device (one multi-threaded pass; inside an XLA cluster one custom call);
+    others (GPU tensors, or without the op library or its XLA kernels) with
+    the stock per-tensor ops.
     """
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
     values = [tf.convert_to_tensor(v) for v in values]
-    # FusedoptAllFinite has no XLA kernel: inside an XLA cluster
-    # (jit_compile=True) the stock ops check, compiled by XLA.
-    lib = None if in_xla_context() else _ops.library()
+    lib = None if in_xla_context() and not _ops.xla_kernels() else _ops.library()
     fused, other = {}, []
     for v in values:
         on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
