@@ -410,7 +410,7 @@ def _usage_error(capsys, argv, main=None, prog="fusedopt-bench"):
     (["--fit", "--calls-per-round", "1"], "argument --calls-per-round: expected an integer "
                                           ">= 2, got 1"),
     (["--calls-per-round", "3"], "argument --calls-per-round: only with --fit"),
-    (["--shapes", "20"], "argument --shapes: not a shape: '20' (expected NxSIZE, e.g. 20x1M)"),
+    (["--shapes", "20"], "argument --shapes: not a shape: '20' (expected NxSIZE, e.g. 20x1M, or one of ln402)"),
     (["--name", "a/b"], "argument --name: expected a file name prefix without '/', got 'a/b'"),
 ])
 def test_numeric_and_name_options_are_checked_before_anything_runs(capsys, tmp_path, argv,
