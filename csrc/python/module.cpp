@@ -20,6 +20,7 @@
 #include "python/arrays.h"
 #include "python/cuda_arrays.h"
 #include "python/cuda_ops.h"
+#include "python/pointer_ops.h"
 
 namespace py = pybind11;
 using namespace fusedopt;
@@ -356,4 +357,5 @@ PYBIND11_MODULE(_C, mod) {
           "Bandwidth probe: data *= scale in place, `repeats` times, on the kernel "
           "thread pool (reads and writes 8 bytes per element per repeat).");
   mod.def("build_info", &build_info, "What this build of the kernels contains.");
+  register_pointer_ops(mod);
 }

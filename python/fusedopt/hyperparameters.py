@@ -115,7 +115,9 @@ def evaluate(value, iterations):
     """The value for one step: a number, or a tensor (read at run time)."""
     if isinstance(value, Schedule):
         return value(iterations)
-    if is_variable(value) or tf.is_tensor(value) or is_number(value) or value is None:
+    # Numbers first: no TF call on the common path (under torch.compile a
+    # TF function is a graph break).
+    if is_number(value) or value is None or is_variable(value) or tf.is_tensor(value):
         return value
     if callable(value):
         return value()

@@ -62,6 +62,11 @@ def _gradient_shape(grad) -> tf.TensorShape:
     return tf.TensorShape(grad.shape)
 
 
+def _dtype(x) -> tf.DType:
+    """The dtype of a tensor or variable of any Keras backend, as a TF dtype."""
+    return tf.as_dtype(keras.backend.standardize_dtype(x.dtype))
+
+
 def _transformer_name(fn) -> str:
     return getattr(fn, "__name__", None) or repr(fn)
 
@@ -220,7 +225,9 @@ class ArgumentStructure:
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
             raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
-        if isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad) or hp.is_variable(grad):
+        # keras.ops.is_tensor: a native tensor of the backend in use (torch).
+        if (isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad) or hp.is_variable(grad)
+                or keras.ops.is_tensor(grad)):
             shape = _gradient_shape(grad)
         else:
             raise TypeError(
@@ -232,8 +239,8 @@ class ArgumentStructure:
                 f"gradient transformer {name} returned a gradient of shape {shape} for "
                 f"variable {_label(var)!r} of shape {tuple(var.shape)}"
             )
-        dtype = tf.as_dtype(grad.dtype)
-        if dtype not in (tf.as_dtype(var.dtype), tf.as_dtype(old_grad.dtype)):
+        dtype = _dtype(grad)
+        if dtype not in (_dtype(var), _dtype(old_grad)):
             raise ValueError(
                 f"gradient transformer {name} returned a {dtype.name} gradient for variable "
                 f"{_label(var)!r} of dtype {tf.as_dtype(var.dtype).name}"

@@ -62,6 +62,21 @@ def check_apply_arguments(grads, variables, var_key) -> None:
     for i, (grad, var) in enumerate(zip(grads, variables)):
         if grad is None:
             continue
+        if _native_tensor(grad):
+            # Another backend's tensor (torch): checked as it is, never
+            # converted (a copy of every gradient to TF, or a failure on a GPU).
+            dtype = keras.backend.standardize_dtype(grad.dtype)
+            if not (keras.backend.is_float_dtype(dtype) or dtype.startswith("complex")):
+                raise TypeError(
+                    f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype}; "
+                    "expected a floating-point (or complex) gradient"
+                )
+            if tuple(grad.shape) != tuple(var.shape):
+                raise ValueError(
+                    f"gradient {i} has shape {tuple(grad.shape)} but its variable "
+                    f"{_label(var)!r} has shape {tuple(var.shape)}; nothing was updated"
+                )
+            continue
         if not (tf.is_tensor(grad) or isinstance(grad, (tf.IndexedSlices, tf.Variable))):
             try:
                 grad = tf.convert_to_tensor(grad)
@@ -82,6 +97,11 @@ def check_apply_arguments(grads, variables, var_key) -> None:
                 f"gradient {i} has shape {shape} but its variable {_label(var)!r} has shape "
                 f"{tuple(var.shape)}; nothing was updated"
             )
+
+
+def _native_tensor(value) -> bool:
+    """A tensor of the Keras backend in use other than TensorFlow (torch)."""
+    return keras.backend.backend() != "tensorflow" and keras.ops.is_tensor(value)
 
 
 class StepGuard:
@@ -127,6 +147,8 @@ class StepGuard:
                 self.build(trainable_variables)
             self.built = True
 
+        if keras.backend.backend() == "torch":
+            return self._apply_if_finite_torch(grads, trainable_variables)
         if tf.executing_eagerly():
             if bool(all_finite(grads)):
                 super().apply(grads, trainable_variables)
@@ -142,6 +164,20 @@ class StepGuard:
                 self._apply_if_finite_everywhere, args=(grads, trainable_variables))
             return None
         tf.cond(all_finite(grads), lambda: stock_apply(grads, trainable_variables), lambda: None)
+        return None
+
+    def _apply_if_finite_torch(self, grads, trainable_variables):
+        # Keras' torch backend (fusedopt.backends.torch.executor). Where the
+        # plan gates the step, the check is the fused ops' apply_if input (no
+        # host sync). Otherwise the whole stock apply runs only if the check
+        # passes, decided on the host: a sync with a CUDA device, and a graph
+        # break under torch.compile (docs/backends.md, PyTorch).
+        if self._gated_by_inputs(trainable_variables):
+            return super().apply(grads, trainable_variables)
+        from fusedopt.backends.torch.executor import all_finite as torch_all_finite
+
+        if bool(torch_all_finite(grads)):
+            super().apply(grads, trainable_variables)
         return None
 
     def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
