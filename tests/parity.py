@@ -8,43 +8,70 @@ clipping), within 1 ulp per step. Clipping by norm (its norms summed in
 another order than TF's) is its own entry of the contract.
 """
 
+import ml_dtypes
 import numpy as np
 
 
+# dtype -> (unsigned integer type of the same width, sign bit)
+_BITS = {
+    np.dtype(np.float16): (np.uint16, 1 << 15),
+    np.dtype(ml_dtypes.bfloat16): (np.uint16, 1 << 15),
+    np.dtype(np.float32): (np.uint32, 1 << 31),
+    np.dtype(np.float64): (np.uint64, 1 << 63),
+}
+
+# The distance reported where no number of ulps bridges two values: NaN
+# against a number, an infinity against anything but the same infinity.
+INFINITE = np.uint64(np.iinfo(np.uint64).max)
+
+
 def _ordered(x: np.ndarray) -> np.ndarray:
-    """The floats of `x` as integers in the same order as the values (so that
-    adjacent floats differ by 1), as int64; -0.0 and 0.0 map to 0."""
-    x = np.asarray(x)
-    if x.dtype == np.float64:
-        bits = x.view(np.int64)
-        return np.where(bits < 0, np.int64(-0x8000000000000000) - bits, bits)
-    if x.dtype == np.float32:
-        bits = x.view(np.int32).astype(np.int64)
-    elif x.dtype == np.float16 or x.dtype.name == "bfloat16":
-        bits = x.view(np.int16).astype(np.int64)
-    else:
-        raise TypeError(f"not a float array: {x.dtype}")
-    sign = np.int64(1) << (8 * x.dtype.itemsize - 1)
-    return np.where(bits < 0, -sign - bits, bits)
+    """The floats of `x` as uint64 in the same order as the values, so that
+    adjacent floats differ by 1 (-0.0 and 0.0 map to the same integer)."""
+    uint, sign = _BITS[x.dtype]
+    bits = x.view(uint).astype(np.uint64)
+    sign = np.uint64(sign)
+    magnitude = bits & ~sign
+    # Negative values below the midpoint, mirrored; positive ones above it.
+    return np.where(bits & sign, sign - magnitude, sign + magnitude)
+
+
+def ulp_distances(a, b) -> np.ndarray:
+    """Elementwise number of representable values between `a` and `b` (uint64).
+
+    Both of one floating-point dtype (float16, bfloat16, float32, float64),
+    broadcasting. 0 where they are equal (+0.0 and -0.0 included) or both
+    NaN; `INFINITE` where only one is NaN, or where one is infinite and the
+    other is not the same infinity (an overflow is never "close").
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype:
+        raise TypeError(f"ulp distance of {a.dtype} and {b.dtype}: compare one dtype")
+    if a.dtype not in _BITS:
+        raise TypeError(f"ulp distance of float16, bfloat16, float32 or float64; got {a.dtype}")
+    a, b = np.broadcast_arrays(a, b)
+    oa, ob = _ordered(np.ascontiguousarray(a)), _ordered(np.ascontiguousarray(b))
+    distance = np.where(oa >= ob, oa - ob, ob - oa)
+    wa, wb = a.astype(np.float64), b.astype(np.float64)  # exact for every dtype here
+    zero = np.uint64(0)
+    infinite = np.isinf(wa) | np.isinf(wb)
+    distance = np.where(infinite, np.where(wa == wb, zero, INFINITE), distance)
+    nan_a, nan_b = np.isnan(wa), np.isnan(wb)
+    distance = np.where(nan_a | nan_b, np.where(nan_a & nan_b, zero, INFINITE), distance)
+    return distance.astype(np.uint64)
 
 
 def ulp_distance(a, b) -> int:
     """The largest distance, in representable values of the dtype, between
-    corresponding elements of a and b (same dtype and shape). NaN against NaN
-    is 0, NaN against a number is reported as the dtype's whole range."""
+    corresponding elements of a and b (same dtype and shape; `ulp_distances`).
+    Arrays of other dtypes (the iteration count): 0 if equal, else INFINITE."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype, a.shape, b.shape)
     if a.size == 0:
         return 0
-    if not (np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16"):
-        return 0 if np.array_equal(a, b) else np.iinfo(np.int64).max
-    nan_a, nan_b = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
-    if np.any(nan_a != nan_b):
-        return np.iinfo(np.int64).max
-    keep = ~nan_a
-    if not keep.any():
-        return 0
-    return int(np.max(np.abs(_ordered(a)[keep] - _ordered(b)[keep])))
+    if a.dtype not in _BITS:
+        return 0 if np.array_equal(a, b) else int(INFINITE)
+    return int(ulp_distances(a, b).max())
 
 
 def max_ulp_distance(arrays_a, arrays_b) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fusedopt import _ops
-from fusedopt.bench import cases, cli, report, targets, timing
+from fusedopt.bench import cases, cli, fit, report, targets, timing
 from fusedopt.bench.cases import Implementation, Runner, Skip
 
 TOP_LEVEL_FIELDS = {"schema", "created", "command", "settings", "machine", "versions",
@@ -117,7 +117,7 @@ def test_steps_per_call_loops_tf_cases_and_is_recorded(tmp_path):
     with open(tmp_path / "looped.csv", newline="") as f:
         rows = {r["impl"]: r for r in csv.DictReader(f)}
     assert rows["fusedopt"]["steps_per_call"] == "3"
-    assert cli.build_parser().parse_args([]).steps_per_call == 1
+    assert cli.build_parser().parse_args([]).steps_per_call is None  # 1 for the TF cases
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--steps-per-call", "0"])
 
@@ -377,3 +377,331 @@ def test_paired_refuses_unknown_optimizers_and_gpu_implementations():
         paired.main(["--pair", "adam:nope"])
     with pytest.raises(SystemExit):
         paired.main(["--pair", "adam:sgd", "--impl", "kernels-cuda"])
+
+
+# ------------------------------------------------- argument checks (issue 12)
+
+
+def _usage_error(capsys, argv, main=None, prog="fusedopt-bench"):
+    """Runs main(argv) (default: cli.main), which must stop with argparse's
+    usage error; returns the error line (the last line of stderr)."""
+    with pytest.raises(SystemExit) as stop:
+        (main or cli.main)(argv)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran, nothing was printed
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines[-1].startswith(f"{prog}: error: "), captured.err
+    return lines[-1].removeprefix(f"{prog}: error: ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1, got 0"),
+    (["--repeats", "three"], "argument --repeats: expected an integer >= 1, got 'three'"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
+    (["--max-case-seconds", "0"], "argument --max-case-seconds: expected a number of seconds "
+                                  "> 0, got 0"),
+    (["--max-case-seconds", "nan"], "argument --max-case-seconds: expected a number of "
+                                    "seconds > 0, got nan"),
+    (["--max-case-seconds", "-2.5"], "argument --max-case-seconds: expected a number of "
+                                     "seconds > 0, got -2.5"),
+    (["--steps-per-call", "0"], "argument --steps-per-call: expected an integer >= 1, got 0"),
+    (["--fit", "--calls-per-round", "1"], "argument --calls-per-round: expected an integer "
+                                          ">= 2, got 1"),
+    (["--calls-per-round", "3"], "argument --calls-per-round: only with --fit"),
+    (["--shapes", "20"], "argument --shapes: not a shape: '20' (expected NxSIZE, e.g. 20x1M)"),
+    (["--name", "a/b"], "argument --name: expected a file name prefix without '/', got 'a/b'"),
+])
+def test_numeric_and_name_options_are_checked_before_anything_runs(capsys, tmp_path, argv,
+                                                                    message):
+    out = tmp_path / "new"
+    assert _usage_error(capsys, [*argv, "--out", str(out)]) == message
+    assert not out.exists()  # nothing written either
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizers", "adam,nope"], "argument --optimizers: unknown optimizer 'nope' (valid: "
+     + ", ".join(cases.OPTIMIZERS) + ")"),
+    (["--dtypes", "int8,float32"], "argument --dtypes: unknown dtype 'int8' (valid: float16, "
+                                   "bfloat16, float32, float64)"),
+    (["--impls", "keras,no-such-impl"], "argument --impls: unknown implementation "
+     "'no-such-impl' (valid: " + ", ".join(cases.IMPLEMENTATIONS) + ")"),
+    (["--fit", "--optimizers", "adam-skipnf"], "argument --optimizers: adam-skipnf has options "
+     "the stock Keras optimizer lacks, so --fit has nothing to train against (valid with "
+     "--fit: adam, adamw, sgd, adam-gclip)"),
+    (["--fit", "--dtypes", "float64"], "argument --dtypes: --fit trains float32 models only"),
+    (["--fit", "--shapes", "2x3"], "argument --shapes: not allowed with --fit (it trains whole "
+     "models on the CPU, fusedopt against the stock optimizer)"),
+    (["--fit", "--gpu"], "argument --gpu: not allowed with --fit (it trains whole models on "
+     "the CPU, fusedopt against the stock optimizer)"),
+])
+def test_unknown_names_are_refused_naming_the_valid_ones(capsys, argv, message):
+    assert _usage_error(capsys, argv) == message
+
+
+def test_out_must_be_a_writable_directory(capsys, monkeypatch, tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("keep me")
+    assert _usage_error(capsys, ["--out", str(a_file)]) == (
+        f"argument --out: {str(a_file)!r} is a file, expected a directory")
+    assert a_file.read_text() == "keep me"
+    # /proc takes no new directory, even from root.
+    message = _usage_error(capsys, ["--out", "/proc/fusedopt-bench-results"])
+    assert message.startswith("argument --out: cannot create the directory "
+                              "'/proc/fusedopt-bench-results': ")
+    # A directory where a result file would go.
+    (tmp_path / "taken" / "run.json").mkdir(parents=True)
+    assert _usage_error(capsys, ["--out", str(tmp_path / "taken"), "--name", "run"]) == (
+        f"argument --out: {str(tmp_path / 'taken' / 'run.json')!r} is a directory, the run "
+        "would write a file there")
+    if os.geteuid() != 0:  # root writes into any directory
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert _usage_error(capsys, ["--out", str(locked)]).startswith(
+            f"argument --out: the directory {str(locked)!r} is not writable: ")
+    # A missing directory (and its parents) is created, and the run writes there.
+    _fake(monkeypatch, "t-idle", lambda case, copies: Runner([lambda: None]))
+    out = tmp_path / "made" / "here"
+    assert cli.main(["--shapes", "2x1K", "--optimizers", "adam", "--dtypes", "float32",
+                     "--impls", "t-idle", "--repeats", "3", "--warmup", "0", "--out", str(out),
+                     "--name", "idle", "--no-plot"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["idle.csv", "idle.json"]
+
+
+def test_show_refuses_missing_and_malformed_files(capsys, tmp_path):
+    missing = tmp_path / "missing.json"
+    assert _usage_error(capsys, ["--show", str(missing)]) == (
+        f"argument --show: cannot read {str(missing)!r}: No such file or directory")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"schema": "fusedopt-bench/1", ')
+    assert _usage_error(capsys, ["--show", str(broken)]).startswith(
+        f"argument --show: {str(broken)!r} is not JSON: ")
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    assert _usage_error(capsys, ["--show", str(other)]) == (
+        f"argument --show: {str(other)!r} is not a fusedopt-bench result (schema None, "
+        "expected 'fusedopt-bench/1' or 'fusedopt-bench-fit/1')")
+    for schema, body in ((report.SCHEMA, {"cases": [{"name": "x"}], "floor": {}}),
+                         (fit.SCHEMA, {"rows": [{"status": "ok"}]})):
+        partial = tmp_path / "partial.json"
+        partial.write_text(json.dumps({"schema": schema, **body}))
+        assert _usage_error(capsys, ["--show", str(partial)]).startswith(
+            f"argument --show: {str(partial)!r} is not a complete {schema} result (KeyError: ")
+
+
+def test_help_names_the_valid_values():
+    helps = {a.dest: a.help for a in cli.build_parser()._actions}
+    impls = helps["impls"]
+    assert impls.endswith(")"), impls  # a whole sentence, not "default: all but"
+    for name in cases.IMPLEMENTATIONS:
+        assert name in impls
+    for preset in (cli.QUICK, cli.GPU):
+        assert ", ".join(preset.impls) in impls
+    assert "float16, bfloat16, float32, float64" in helps["dtypes"]
+    assert ", ".join(cases.OPTIMIZERS) in helps["optimizers"]
+
+
+# ------------------------------------------------------------ --fit (issue 16)
+
+FIT_ROW_FIELDS = {
+    "name", "group", "model", "mode", "jit_compile", "steps_per_execution", "optimizer",
+    "params", "variables", "batch_size", "status", "note", "rounds", "calls_per_round",
+    "steps_timed_per_round", "warmup_rounds", "ratios", "ratio_median", "ratio_q25", "ratio_q75",
+    "weights_max_ulp", "weights_elements", "weights_differing", "parity_max_ulp", "parity",
+    "weights_match", "fused_variables", "fused_paths_total", "not_fused",
+    "stock_optimizer_s", "fusedopt_optimizer_s", "stock_optimizer_share",
+    "fusedopt_optimizer_share", "loadavg", "rss_bytes",
+} | {f"{impl}_{stat}" for impl in ("stock", "fusedopt", "no_update")
+     for stat in ("times_s", "median_s", "q25_s", "q75_s", "first_round_s")}
+
+
+def _tiny_mlp(keras):
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(7, activation="relu"),
+                             keras.layers.Dense(3)])
+
+
+@pytest.fixture
+def tiny_fit(monkeypatch):
+    """--fit's full grid replaced by a 5-7-3 MLP, batch 4: one group (Adam,
+    SGD) and one with steps_per_execution=2 (Adam with global_clipnorm). No
+    XLA group: compiling takes seconds, and the contract is the same one as
+    for the clip (reported, not judged; test_fit_grid_selection_and_contract)."""
+    monkeypatch.setitem(fit.MODELS, "tiny", fit.FitModel(
+        "tiny", "MLP 5-7-3", _tiny_mlp, (5,), classes=3, batch_size=4))
+    monkeypatch.setattr(fit, "FULL", fit.FitPreset(
+        groups=(fit.FitGroup("tiny", False, 1, ("adam", "sgd")),
+                fit.FitGroup("tiny", False, 2, ("adam-gclip",))),
+        settings=fit.FitSettings(rounds=3, warmup=0, calls_per_round=2, max_seconds=60)))
+
+
+def test_fit_reports_every_field_and_flags_weights_that_differ(tiny_fit, monkeypatch, tmp_path,
+                                                               capsys):
+    # Adam: the real pair, bit-identical without XLA. SGD: fusedopt given
+    # twice the stock learning rate, so the check must see the weights part.
+    import keras
+
+    import fusedopt
+
+    real = fit.make_optimizers
+    monkeypatch.setattr(fit, "make_optimizers", lambda name: real(name) if name != "sgd" else (
+        keras.optimizers.SGD(learning_rate=1e-2), fusedopt.SGD(learning_rate=2e-2)))
+    code = cli.main(["--fit", "--repeats", "2", "--calls-per-round", "3", "--out",
+                     str(tmp_path), "--name", "fit"])
+    out = capsys.readouterr().out
+    assert code == 1, out  # a row beyond the parity contract fails the run
+    doc = json.loads((tmp_path / "fit.json").read_text())
+    assert doc["schema"] == fit.SCHEMA
+    assert {"created", "command", "settings", "machine", "versions", "build_info",
+            "keras_backend", "rows", "notes", "wall_s", "cpu_s"} <= set(doc)
+    assert doc["settings"]["rounds"] == 2 and doc["settings"]["calls_per_round"] == 3
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert list(rows) == ["tiny/graph/adam", "tiny/graph/sgd", "tiny/graph/spe2/adam-gclip"]
+    for name, r in rows.items():
+        assert FIT_ROW_FIELDS <= set(r), FIT_ROW_FIELDS - set(r)
+        assert r["status"] == "ok", r.get("error")
+        assert r["params"] == 5 * 7 + 7 + 7 * 3 + 3 and r["variables"] == 4
+        assert r["rounds"] == 2
+        for impl in ("stock", "fusedopt", "no_update"):
+            times = r[f"{impl}_times_s"]
+            assert len(times) == 2 and all(t > 0 for t in times)
+            assert r[f"{impl}_q25_s"] <= r[f"{impl}_median_s"] <= r[f"{impl}_q75_s"]
+        assert r["ratios"] == pytest.approx(
+            [s / f for s, f in zip(r["stock_times_s"], r["fusedopt_times_s"])])
+        assert r["ratio_q25"] <= r["ratio_median"] <= r["ratio_q75"]
+        assert r["weights_elements"] == r["params"]
+        assert r["fused_variables"] == r["fused_paths_total"] == 4 and r["not_fused"] == {}
+    graph, clip, bad = (rows["tiny/graph/adam"], rows["tiny/graph/spe2/adam-gclip"],
+                        rows["tiny/graph/sgd"])
+    # Bit-identical is the contract (float32, no XLA), except with a clip by
+    # norm, whose distance is reported.
+    assert graph["parity_max_ulp"] == 0 and graph["weights_match"] is True
+    assert graph["weights_max_ulp"] == 0 and graph["weights_differing"] == 0
+    assert clip["parity_max_ulp"] is None and clip["weights_match"] is None
+    assert clip["weights_max_ulp"] is not None
+    assert graph["steps_timed_per_round"] == 2 and graph["steps_per_execution"] == 1
+    assert clip["steps_timed_per_round"] == 4 and clip["steps_per_execution"] == 2
+    assert not clip["jit_compile"] and clip["mode"] == "graph spe=2"
+    assert bad["weights_match"] is False and bad["weights_max_ulp"] > 0
+    assert 0 < bad["weights_differing"] <= bad["weights_elements"]
+    assert len(doc["notes"]) == 1
+    assert doc["notes"][0].startswith("WEIGHTS DIFFER: tiny/graph/sgd: after 0 warm-up and 2 "
+                                      "timed rounds the fusedopt and stock weights are up to ")
+
+    assert "speedup" in out and "opt. share keras" in out and "identical" in out
+    assert "MISMATCH: max" in out and doc["notes"][0] in out
+    with open(tmp_path / "fit.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["name"] for r in csv_rows] == list(rows)
+    assert set(fit.CSV_FIELDS) == set(csv_rows[0])
+    assert cli.main(["--show", str(tmp_path / "fit.json"), "--markdown"]) == 0
+    shown = capsys.readouterr().out
+    assert "| model | mode | optimizer | keras ms | fusedopt ms | speedup |" in shown
+    assert "| tiny | graph | adam |" in shown and "| tiny | graph spe=2 | adam-gclip |" in shown
+    assert doc["notes"][0] in shown
+
+
+def test_no_update_optimizer_reads_the_gradients_and_changes_no_weight():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = _tiny_mlp(keras)
+    before = model.get_weights()
+    optimizer = fit.no_update_optimizer()
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = fit._data(fit.FitModel("t", "", _tiny_mlp, (5,), classes=3, batch_size=4), 2)
+    model.fit(x, y, batch_size=4, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert float(optimizer.gradient_sum.numpy()) != 0.0  # the last step's gradients
+
+
+def test_weights_distance_counts_ulps():
+    a = np.array([1.0, -2.0, 0.0, 3.0, np.nan], np.float32)
+    assert fit.weights_distance([a], [a.copy()]) == {
+        "max_ulp": 0, "elements": 5, "differing": 0, "note": ""}
+    b = a.copy()
+    b[0] = np.nextafter(np.nextafter(b[0], np.float32(2)), np.float32(2))  # 2 ulp up
+    b[1] = np.nextafter(b[1], np.float32(0))  # 1 ulp towards zero
+    b[2] = -0.0  # -0 and +0 are equal
+    d = fit.weights_distance([a], [b])
+    assert (d["max_ulp"], d["differing"]) == (2, 2)
+    # Through zero: the smallest subnormals of either sign are 2 ulp apart.
+    tiny = np.float32(1e-45)
+    assert fit.weights_distance([np.array([tiny])], [np.array([-tiny])])["max_ulp"] == 2
+    # float64 and float16 too, and one array among many.
+    x64 = np.linspace(-1, 1, 11)
+    y64 = x64.copy()
+    y64[3] = np.nextafter(y64[3], 5.0)
+    h = np.array([1.0], np.float16)
+    d = fit.weights_distance([h, x64], [h, y64])
+    assert (d["max_ulp"], d["differing"], d["elements"]) == (1, 1, 12)
+    # Not comparable: a NaN against a number, other shapes, other counts.
+    c = a.copy()
+    c[3] = np.nan
+    assert fit.weights_distance([a], [c])["max_ulp"] is None
+    assert fit.weights_distance([a], [a[:4]])["note"] == "array 0: float32[5] against float32[4]"
+    assert fit.weights_distance([a], [a, a])["max_ulp"] is None
+
+
+def test_fit_reports_variables_that_did_not_take_the_fused_path():
+    class Stub:
+        fused_paths = {"dense/kernel": "fused", "embedding/embeddings":
+                       "fallback: sparse (IndexedSlices) gradient"}
+
+    summary = fit._fused_paths_summary(Stub(), 2)
+    assert (summary["fused"], summary["total"]) == (1, 2)
+    assert summary["not_fused"] == {"embedding/embeddings":
+                                    "fallback: sparse (IndexedSlices) gradient"}
+    assert fit._fused_paths_summary(Stub(), 3)["note"] == (
+        "fused_paths lists 2 variables, the model trains 3")
+    row = {"name": "m/graph/adam", "status": "ok", "weights_match": True,
+           "not_fused": summary["not_fused"], "fused_paths_total": 2}
+    assert fit.problem_lines([row]) == [
+        "NOT FUSED m/graph/adam: 1 of 2 variables, fallback: sparse (IndexedSlices) gradient "
+        "(embedding/embeddings)"]
+
+
+def test_fit_grid_selection_and_contract():
+    groups = fit.select_groups(fit.FULL)
+    names = [n for g in groups for n in g.row_names()]
+    assert len(names) == len(set(names)) == 20
+    for model in ("mlp", "dense-ln", "conv"):
+        for mode in ("graph", "xla"):
+            for opt in ("adam", "adamw", "sgd"):
+                assert f"{model}/{mode}/{opt}" in names
+    assert "dense-ln/graph/spe20/adam" in names
+    # --steps-per-call 20 makes dense-ln's two graph groups one.
+    merged = fit.select_groups(fit.FULL, steps_per_execution=20, patterns=["dense-ln/graph"])
+    assert [(g.name, g.optimizers) for g in merged] == [
+        ("dense-ln/graph/spe20", ("adam", "adamw", "sgd"))]
+    only = fit.select_groups(fit.FULL, optimizers=["adam-gclip"], patterns=["mlp/*"])
+    assert [n for g in only for n in g.row_names()] == ["mlp/graph/adam-gclip",
+                                                        "mlp/xla/adam-gclip"]
+    assert fit.parity_contract("adam", False)[0] == 0
+    assert fit.parity_contract("sgd", True)[0] is None
+    assert fit.parity_contract("adam-gclip", False)[0] is None
+    assert "adam-skipnf" not in fit.fit_optimizers()
+
+
+def test_fit_quick_lists_its_rows(capsys):
+    assert cli.main(["--fit", "--quick", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mlp-small/graph/adam\ndense-ln-small/graph/adam\nmlp-small/xla/adam\n")
+
+
+def test_paired_checks_its_arguments_before_running(capsys, tmp_path):
+    from fusedopt.bench import paired
+
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    for argv, message in (
+            (["--samples", "2"], "argument --samples: expected an integer >= 3, got 2"),
+            (["--out", str(a_file)], f"argument --out: {str(a_file)!r} is a file, expected a "
+                                     "directory"),
+            (["--shapes", "1x"], "argument --shapes: not a count: '' (examples: 300, 4K, 1M)"),
+            (["--name", "../x"], "argument --name: expected a file name prefix without '/', "
+                                 "got '../x'")):
+        assert _usage_error(capsys, ["--pair", "adam:adam", *argv], paired.main,
+                            "python -m fusedopt.bench.paired") == message

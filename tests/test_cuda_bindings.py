@@ -69,7 +69,7 @@ _NAME = b"dltensor"
 _NAME_VERSIONED = b"dltensor_versioned"
 
 _DTYPES = {"float16": (2, 16), "float32": (2, 32), "float64": (2, 64), "int32": (0, 32),
-           "int64": (0, 64)}
+           "int64": (0, 64), "uint8": (1, 8), "bool": (6, 8)}
 FAKE_BASE = 0x7F0000000000  # never dereferenced
 
 
@@ -298,3 +298,100 @@ def test_dlpack_gets_the_consumer_stream():
     with pytest.raises(ValueError, match=r"lr must be in"):
         kernels.adam(p, g, m, v, lr=-1.0, step=1, stream=TorchLikeStream())
     assert p[0].streams == [0x1234]
+
+
+@cuda_build
+def test_dlpack_is_preferred_over_the_array_interface():
+    """An object with both: DLPack is used (its stream handshake), the array
+    interface (PyTorch's carries no stream) is not read."""
+
+    class Both(FakeCudaArray):
+        cai_reads = 0
+
+        @property
+        def __cuda_array_interface__(self):
+            Both.cai_reads += 1
+            return {"shape": self.shape, "typestr": "<f4", "data": (self.data, False),
+                    "version": 2}
+
+    p = [Both((4,), data=FAKE_BASE)]
+    g, m, v = ([FakeCudaArray((4,), data=FAKE_BASE + k * 4096)] for k in (1, 2, 3))
+    with pytest.raises(ValueError, match=r"lr must be in"):
+        kernels.adam(p, g, m, v, lr=-1.0, step=1)
+    assert p[0].streams == [1], "DLPack export with the consumer's stream"
+    assert Both.cai_reads == 0
+
+
+@cuda_build
+def test_sgd_checks():
+    p, g, m = ([FakeCudaArray((4,), data=FAKE_BASE + k * 4096)] for k in range(3))
+    with pytest.raises(ValueError, match=r"momentums is None but momentum is 0.9"):
+        kernels.sgd(p, g, None, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"momentums is None but momentum is a CUDA array"):
+        kernels.sgd(p, g, None, lr=0.1, momentum=FakeCudaArray((1,), data=FAKE_BASE + 9 * 4096))
+    with pytest.raises(ValueError, match=r"lr must be in \[0"):
+        kernels.sgd(p, g, m, lr=-0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        kernels.sgd(p, g, m, lr=0.1, momentum=1.5)
+    with pytest.raises(ValueError, match=r"share memory"):
+        kernels.sgd(p, g, p, lr=0.1, momentum=0.9)
+    p16 = [FakeCudaArray((4,), "float16", data=FAKE_BASE + 10 * 4096)]
+    g16 = [FakeCudaArray((4,), "float16", data=FAKE_BASE + 11 * 4096)]
+    m64 = [FakeCudaArray((4,), "float64", data=FAKE_BASE + 12 * 4096)]
+    with pytest.raises(TypeError, match=r"momentums\[0\] has dtype float64 but params\[0\] has "
+                                        r"float16; 16-bit parameters take float32 momentums"):
+        kernels.sgd(p16, g16, m64, lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"stream must be None"):
+        kernels.sgd(p, g, m, lr=-0.1, stream="default")
+    host = [np.ones(4, np.float32)]
+    with pytest.raises(ValueError, match=r"grads\[0\] is in host memory but params\[0\] is on cuda:0"):
+        kernels.sgd(p, host, m, lr=0.1, momentum=0.9)
+
+
+@cuda_build
+def test_clip_and_skip_options_are_checked_on_cuda_arrays():
+    lists = adam_lists()
+    with pytest.raises(ValueError, match=r"pass at most one of clip_value, clip_norm"):
+        kernels.adam(*lists, lr=1e-3, step=1, clip_value=1.0, clip_norm=1.0)
+    with pytest.raises(ValueError, match=r"clip_norm must be in"):
+        kernels.adam(*lists, lr=1e-3, step=1, clip_norm=0.0)
+    with pytest.raises(TypeError, match=r"skip_nonfinite must be a bool"):
+        kernels.adam(*lists, lr=1e-3, step=1, skip_nonfinite="yes")
+    with pytest.raises(ValueError, match=r"lr must be in"):  # the options pass, lr does not
+        kernels.adam(*lists, lr=-1.0, step=1, global_clip_norm=1.0, skip_nonfinite=True)
+
+
+@cuda_build
+@pytest.mark.parametrize("fn", ["all_finite", "global_norm"])
+def test_out_argument_checks(fn):
+    call = getattr(kernels, fn)
+    x = [FakeCudaArray((4,), data=FAKE_BASE)]
+    right = "uint8" if fn == "all_finite" else "float32"
+    wrong = "float32" if fn == "all_finite" else "int32"
+    with pytest.raises(ValueError, match=r"out must be a one-element CUDA array, got shape \(2,\)"):
+        call(x, out=FakeCudaArray((2,), right, data=FAKE_BASE + 4096))
+    with pytest.raises(TypeError, match=r"out must have dtype"):
+        call(x, out=FakeCudaArray((1,), wrong, data=FAKE_BASE + 4096))
+    with pytest.raises(ValueError, match=r"out is read-only"):
+        call(x, out=FakeCudaArray((1,), right, data=FAKE_BASE + 4096, flags=1))
+    with pytest.raises(ValueError, match=r"out is on cuda:1 but arrays\[0\] is on cuda:0"):
+        call(x, out=FakeCudaArray((1,), right, data=FAKE_BASE + 4096, device_id=1))
+    with pytest.raises(TypeError, match=r"out must be None or a one-element CUDA array"):
+        call(x, out=np.zeros(1, np.float32))
+    with pytest.raises(TypeError, match=r"out= takes a CUDA array"):
+        call([np.ones(3, np.float32)], out=np.zeros(1, np.float32))
+    with pytest.raises(TypeError, match=r"arrays\[1\] has dtype float64"):
+        call([x[0], FakeCudaArray((4,), "float64", data=FAKE_BASE + 8192)])
+
+
+def test_cuda_problem():
+    """None where the GPU paths can run; else a message (no CUDA build, no
+    driver, a driver older than the runtime, no device)."""
+    from fusedopt import _C
+
+    problem = _C.cuda_problem()
+    assert fusedopt.build_info()["cuda_problem"] == problem
+    if not CUDA_BUILD:
+        assert "no CUDA kernels" in problem
+    elif problem is not None:
+        assert "CUDA" in problem or "driver" in problem, problem

@@ -113,6 +113,15 @@ class TorchBackend:
     def stream_handle(self, s):
         return s.cuda_stream
 
+    def current_stream(self, s):
+        return self.torch.cuda.stream(s)
+
+    def stream_done(self, s):
+        return s.query()
+
+    def flat_copy(self, dst, src):
+        dst.copy_(src)
+
     def free_bytes(self):
         return self.torch.cuda.mem_get_info()[0]
 
@@ -162,6 +171,12 @@ class CupyBackend:
 
     def stream_handle(self, s):
         return s.ptr
+
+    def current_stream(self, s):
+        return s
+
+    def stream_done(self, s):
+        return s.done
 
     def free_bytes(self):
         return self.cp.cuda.runtime.memGetInfo()[0]
@@ -248,8 +263,20 @@ CHUNK = 65536  # kChunkElements in csrc/cuda/multi_tensor_apply.cuh
 ODD_SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 255, 1023, 1025, 4096, CHUNK - 1, CHUNK,
              CHUNK + 1, 2 * CHUNK + 3, 1_000_003]
 GUARD = 8
-SENTINEL = -7777.0
+# Exact in float16 and bfloat16 as well (-7777 rounds to -7776 in both, so a
+# guard check on 16-bit buffers would fail whatever the kernel did).
+SENTINEL = -7776.0
 LISTS = ("params", "grads", "m", "v")
+SGD_LISTS = ("params", "grads", "momentums")
+# Initial values per list: never zeros (an element the kernel skipped then
+# fails the reference check).
+INIT = {
+    "params": lambda rng, n: rng.standard_normal(n),
+    "grads": lambda rng, n: rng.standard_normal(n),
+    "m": lambda rng, n: 0.1 * rng.standard_normal(n),
+    "momentums": lambda rng, n: 0.1 * rng.standard_normal(n),
+    "v": lambda rng, n: 0.01 * np.abs(rng.standard_normal(n)) + 1e-6,
+}
 
 
 def reference_adam(p, g, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_decay=0.0):
@@ -265,8 +292,8 @@ def reference_adam(p, g, m, v, *, lr, beta_1, beta_2, epsilon, step, weight_deca
 
 
 class Lists:
-    """params, grads, m, v of `shapes`, each list in one flat buffer with
-    guard elements around every tensor.
+    """The lists `names` (default params, grads, m, v) of `shapes`, each list
+    in one flat buffer with guard elements around every tensor.
 
     layout: "aligned" (every tensor starts 16-byte aligned: the vector path),
     "unaligned" (one element off: the scalar path) or "mixed" (odd tensors
@@ -274,8 +301,9 @@ class Lists:
     "cai" (wrappers that offer only that protocol).
     """
 
-    def __init__(self, shapes, dtype=np.float32, *, layout="aligned", export="native", seed=0):
-        self.shapes, self.dtype = [tuple(s) for s in shapes], np.dtype(dtype)
+    def __init__(self, shapes, dtype=np.float32, *, layout="aligned", export="native", seed=0,
+                 names=LISTS):
+        self.shapes, self.dtype, self.names = [tuple(s) for s in shapes], np.dtype(dtype), names
         rng = np.random.default_rng(seed)
         align = 16 // self.dtype.itemsize
         self.offsets, pos = [], GUARD
@@ -287,16 +315,9 @@ class Lists:
             pos += int(np.prod(shape, dtype=np.int64)) + GUARD
         total = pos + GUARD
         n = sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
-        # Random state, never zeros: p ~ N(0, 1), g ~ N(0, 1), m ~ N(0, 0.1), v ~ |N(0, 0.01)|.
-        self.initial = {
-            "params": rng.standard_normal(n),
-            "grads": rng.standard_normal(n),
-            "m": 0.1 * rng.standard_normal(n),
-            "v": 0.01 * np.abs(rng.standard_normal(n)) + 1e-6,
-        }
-        self.initial = {k: x.astype(self.dtype) for k, x in self.initial.items()}
+        self.initial = {k: INIT[k](rng, n).astype(self.dtype) for k in names}
         self.host_flat, self.flat, self.arrays = {}, {}, {}
-        for name in LISTS:
+        for name in names:
             flat = np.full(total, SENTINEL, dtype=self.dtype)
             for x, off in zip(self._split(self.initial[name]), self.offsets):
                 flat[off:off + x.size] = x
@@ -319,11 +340,20 @@ class Lists:
         return out
 
     def args(self):
-        return [self.arrays[name] for name in LISTS]
+        return [self.arrays[name] for name in self.names]
 
     def snapshot(self):
         BE.synchronize()
-        return {name: BE.to_numpy(self.flat[name]) for name in LISTS}
+        return {name: BE.to_numpy(self.flat[name]) for name in self.names}
+
+    def poison_grad(self, tensor, index, value):
+        """Sets one gradient element (on the device and in the initial copy)."""
+        off = self.offsets[tensor] + index
+        self.host_flat["grads"][off] = value
+        self.initial["grads"][sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes[:tensor]) + index] = value
+        self.flat["grads"] = BE.from_numpy(self.host_flat["grads"])
+        views = [BE.view(self.flat["grads"], o, shape) for o, shape in zip(self.offsets, self.shapes)]
+        self.arrays["grads"] = views
 
     def results(self):
         """The tensors after the step, concatenated per list; checks the guards."""
@@ -331,7 +361,7 @@ class Lists:
         inside = np.zeros(flats["params"].size, dtype=bool)
         for off, s in zip(self.offsets, self.shapes):
             inside[off:off + int(np.prod(s, dtype=np.int64))] = True
-        for name in LISTS:
+        for name in self.names:
             guards = flats[name][~inside]
             assert (guards == SENTINEL).all(), f"{name}: a write outside its tensors"
         np.testing.assert_array_equal(flats["grads"], self.host_flat["grads"],
@@ -339,7 +369,7 @@ class Lists:
         return {name: (np.concatenate([flats[name][off:off + int(np.prod(s, dtype=np.int64))]
                                        for off, s in zip(self.offsets, self.shapes)])
                        if self.shapes else np.zeros(0, self.dtype))
-                for name in LISTS}
+                for name in self.names}
 
 
 def cpu_adam(initial, **hyper):
@@ -616,15 +646,59 @@ def test_device_weight_decay_zero_is_adam():
     check(lists, hyper)
 
 
+def _busy_producer(producer_stream, lists, values):
+    """On `producer_stream`: a kernel that keeps the GPU busy for a while, then
+    the new gradient values written into lists' grads. A consumer that does
+    not wait for this stream reads the old gradients."""
+    if BE.name == "torch":
+        torch = BE.torch
+        new = torch.from_numpy(values).to(BE.dev)
+        BE.synchronize()  # `new` is ready; only the producer's work below is pending
+        with torch.cuda.stream(producer_stream):
+            torch.cuda._sleep(200_000_000)  # cycles: ~0.1 s
+            BE.flat_copy(lists.flat["grads"], new)
+    else:
+        cp = BE.cp
+        spin = cp.RawKernel(r"""
+            extern "C" __global__ void spin(long long cycles) {
+              long long start = clock64();
+              while (clock64() - start < cycles) {}
+            }""", "spin")
+        new = cp.asarray(values)
+        BE.synchronize()
+        with producer_stream:
+            spin((1,), (1,), (np.int64(200_000_000),))
+            lists.flat["grads"][...] = new
+
+
 @device_only
 @pytest.mark.parametrize("form", ["object", "int"])
 def test_stream_argument(form):
-    s = BE.new_stream()
+    """The update runs on `stream` after the arrays' producer finished: the
+    gradients are written by a producer stream still busy when the call is
+    made (no synchronization first), so a kernel that did not wait would read
+    the old gradients. DLPack's stream argument is the handshake (PyTorch's
+    and CuPy's __dlpack__ make our stream wait for their current stream)."""
+    consumer = BE.new_stream()
+    producer = BE.new_stream()
     lists = Lists([(CHUNK + 1,), (3,)], np.float32, seed=11)
+    BE.synchronize()
+    new_grads = np.random.default_rng(99).standard_normal(lists.host_flat["grads"].size)
+    new_grads = new_grads.astype(np.float32)
+    inside = np.zeros(new_grads.size, bool)
+    for off, s in zip(lists.offsets, lists.shapes):
+        inside[off:off + int(np.prod(s))] = True
+    new_grads[~inside] = SENTINEL
     hyper = dict(KERAS_DEFAULTS, step=1)
-    BE.synchronize()  # the arrays' upload is done before the other stream runs
-    kernels.adam(*lists.args(), **hyper, stream=s if form == "object" else BE.stream_handle(s))
-    s.synchronize()
+    _busy_producer(producer, lists, new_grads)
+    with BE.current_stream(producer):  # the producer's stream is current during the call
+        kernels.adam(*lists.args(), **hyper,
+                     stream=consumer if form == "object" else BE.stream_handle(consumer))
+    assert not BE.stream_done(consumer), "the update should be waiting for the producer"
+    consumer.synchronize()
+    lists.host_flat["grads"] = new_grads
+    lists.initial["grads"] = np.concatenate(
+        [new_grads[o:o + int(np.prod(s))] for o, s in zip(lists.offsets, lists.shapes)])
     check(lists, hyper)
 
 
@@ -653,6 +727,286 @@ def test_cuda_graph_capture_with_device_hyperparameters(export):
     np.testing.assert_array_equal(got["m"], state["m"])
     np.testing.assert_array_equal(got["v"], state["v"])
     assert _max_ulp(got["params"], state["params"]) <= 2
+
+
+# ----------------------------------------------------------------------------
+# SGD, clipping, skip_nonfinite, the norm and the finite check
+
+
+def reference_sgd(p, g, m, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One SGD step in float64 (kernels.sgd's docstring); m is None for plain SGD."""
+    p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+    if weight_decay != 0.0:
+        p = p - p * weight_decay * lr
+    if m is None:
+        return p - g * lr, None
+    m = np.asarray(m, np.float64) * momentum - g * lr
+    return (p + (m * momentum - g * lr) if nesterov else p + m), m
+
+
+def cpu_sgd(initial, momentums, **hyper):
+    p, g = (np.array(initial[k], copy=True) for k in ("params", "grads"))
+    m = np.array(initial["momentums"], copy=True) if momentums else None
+    kernels.sgd([p], [g], None if m is None else [m], **hyper)
+    return {"params": p, "momentums": m}
+
+
+SGD_VARIANTS = {"plain": dict(momentum=0.0), "momentum": dict(momentum=0.9),
+                "nesterov": dict(momentum=0.9, nesterov=True)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(SGD_VARIANTS))
+@pytest.mark.parametrize("layout", ["aligned", "mixed"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.004])
+def test_sgd(dtype, variant, layout, weight_decay):
+    """Every variant against the float64 reference and the CPU kernel, bit
+    for bit, over the odd sizes."""
+    plain = variant == "plain"
+    names = SGD_LISTS[:2] if plain else SGD_LISTS
+    lists = Lists([(n,) for n in ODD_SIZES], dtype, layout=layout, seed=20, names=names)
+    hyper = dict(lr=0.01, weight_decay=weight_decay, **SGD_VARIANTS[variant])
+    args = lists.args()
+    kernels.sgd(args[0], args[1], None if plain else args[2], **hyper)
+    got = lists.results()
+    init = lists.initial
+    ref_p, ref_m = reference_sgd(init["params"], init["grads"], None if plain else init["momentums"],
+                                 **hyper)
+    tol = TOLERANCES[lists.dtype.type]
+    np.testing.assert_allclose(got["params"], ref_p, **tol)
+    cpu = cpu_sgd(init, not plain, **hyper)
+    np.testing.assert_array_equal(got["params"], cpu["params"])
+    if not plain:
+        np.testing.assert_allclose(got["momentums"], ref_m, **tol)
+        np.testing.assert_array_equal(got["momentums"], cpu["momentums"])
+
+
+@device_only
+@pytest.mark.parametrize("pdtype", ["float16", "bfloat16"])
+def test_sgd_16bit_params_with_float32_momentum(pdtype):
+    if pdtype == "bfloat16" and BE.name != "torch":
+        pytest.skip("bfloat16 arrays need PyTorch")
+    rng = np.random.default_rng(21)
+    sizes = [1, 7, 1025, CHUNK + 1]
+    if pdtype == "float16":
+        to16 = lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)  # noqa: E731
+        up = lambda a: BE.from_numpy(np.asarray(a, np.float32).astype(np.float16))  # noqa: E731
+        down = lambda x: BE.to_numpy(x).astype(np.float32)  # noqa: E731
+    else:
+        to16, up, down = BE.round_bfloat16, BE.bfloat16_from_numpy, BE.bfloat16_to_numpy
+    p0 = [to16(rng.standard_normal(n)) for n in sizes]
+    g0 = [to16(rng.standard_normal(n)) for n in sizes]
+    m0 = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in sizes]
+    p, g, m = [up(x) for x in p0], [up(x) for x in g0], [BE.from_numpy(x) for x in m0]
+    hyper = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.001)
+    kernels.sgd(p, g, m, **hyper)
+    BE.synchronize()
+    for i in range(len(sizes)):
+        cp, cg, cm = p0[i].copy(), g0[i].copy(), m0[i].copy()
+        kernels.sgd([cp], [cg], [cm], **hyper)  # float32 on the upcast values
+        np.testing.assert_array_equal(down(p[i]), to16(cp))
+        np.testing.assert_array_equal(BE.to_numpy(m[i]), cm)
+
+
+def _clipped_reference(init, clip):
+    """The gradients clipped as kernels.* define it, in float64 (None for the
+    per-tensor clip_norm)."""
+    g = np.asarray(init["grads"], np.float64)
+    kind, c = clip
+    if kind == "clip_value":
+        return np.minimum(np.maximum(g, -c), c)
+    if kind == "global_clip_norm":
+        norm = np.sqrt(np.sum(g * g))
+        return g * (c / max(norm, c))
+    return None  # per tensor: done by the caller
+
+
+CLIPS = [("clip_value", 0.5), ("clip_norm", 3.0), ("global_clip_norm", 10.0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("clip", CLIPS, ids=[c[0] for c in CLIPS])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_clip_options(dtype, clip, opt):
+    """Clipping inside the update, against the float64 reference and the CPU
+    kernel: clip_value bit for bit; the norm clips within the rounding of
+    the norms (the device sums in another fixed order)."""
+    shapes = [(3,), (CHUNK + 7,), (1000,), (0,), (17,)]
+    names = LISTS if opt == "adam" else SGD_LISTS
+    # Gradients ~ N(0, 1): each clip acts on the large tensor (clip_norm not
+    # on the 3-element one, whose norm is below 3).
+    lists = Lists(shapes, dtype, layout="mixed", seed=22, names=names)
+    kw = {clip[0]: clip[1]}
+    if opt == "adam":
+        hyper = dict(LARGE_STEPS, step=2, weight_decay=0.001)
+        kernels.adam(*lists.args(), **hyper, **kw)
+    else:
+        hyper = dict(lr=0.05, momentum=0.9, weight_decay=0.001)
+        kernels.sgd(*lists.args(), **hyper, **kw)
+    got = lists.results()
+    init = dict(lists.initial)
+    # The reference on clipped gradients.
+    g = _clipped_reference(init, clip)
+    if g is None:
+        parts, pos = [], 0
+        for s in shapes:
+            n = int(np.prod(s))
+            x = np.asarray(init["grads"][pos:pos + n], np.float64)
+            parts.append(x * (clip[1] / max(np.sqrt(np.sum(x * x)), clip[1])))
+            pos += n
+        g = np.concatenate(parts)
+    if opt == "adam":
+        ref = dict(zip(("params", "m", "v"), reference_adam(init["params"], g, init["m"], init["v"], **hyper)))
+    else:
+        rp, rm = reference_sgd(init["params"], g, init["momentums"], **hyper)
+        ref = {"params": rp, "momentums": rm}
+    tol = TOLERANCES[lists.dtype.type]
+    for name, r in ref.items():
+        np.testing.assert_allclose(got[name], r, err_msg=name, rtol=4 * tol["rtol"], atol=tol["atol"])
+    # And the CPU kernel on the same tensors (the clip norms are per tensor).
+    cpu_lists = [[np.array(x, copy=True) for x in _split(init[k], shapes)] for k in names]
+    if opt == "adam":
+        kernels.adam(*cpu_lists, **hyper, **kw)
+    else:
+        kernels.sgd(*cpu_lists, **hyper, **kw)
+    for k, name in enumerate(names):
+        if name == "grads":
+            continue
+        want = np.concatenate([x.ravel() for x in cpu_lists[k]])
+        if clip[0] == "clip_value" or not BE.on_device:
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name], want, err_msg=name, rtol=tol["rtol"],
+                                       atol=tol["atol"])
+
+
+def _split(flat, shapes):
+    out, pos = [], 0
+    for s in shapes:
+        n = int(np.prod(s, dtype=np.int64))
+        out.append(np.asarray(flat[pos:pos + n]).reshape(s))
+        pos += n
+    return out
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("clip", [None, *CLIPS], ids=["none"] + [c[0] for c in CLIPS])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_skip_nonfinite(opt, clip, bad):
+    """A non-finite gradient element: nothing is written (None on CUDA
+    arrays, where the check runs on the device; False on NumPy). Finite
+    gradients: the same result as without the check."""
+    shapes = [(5,), (CHUNK + 3,), (100,)]
+    names = LISTS if opt == "adam" else SGD_LISTS
+    kw = {} if clip is None else {clip[0]: clip[1]}
+    hyper = dict(KERAS_DEFAULTS, step=1) if opt == "adam" else dict(lr=0.01, momentum=0.9)
+    call = kernels.adam if opt == "adam" else kernels.sgd
+    skipped = None if BE.on_device else False
+    applied = None if BE.on_device else True
+
+    lists = Lists(shapes, np.float32, layout="mixed", seed=23, names=names)
+    lists.poison_grad(1, CHUNK + 1, bad)
+    before = lists.snapshot()
+    assert call(*lists.args(), **hyper, **kw, skip_nonfinite=True) is skipped
+    after = lists.snapshot()
+    for name in names:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+    a = Lists(shapes, np.float32, layout="mixed", seed=24, names=names)
+    b = Lists(shapes, np.float32, layout="mixed", seed=24, names=names)
+    assert call(*a.args(), **hyper, **kw, skip_nonfinite=True) is applied
+    call(*b.args(), **hyper, **kw)
+    ra, rb = a.results(), b.results()
+    for name in names:
+        np.testing.assert_array_equal(ra[name], rb[name], err_msg=name)
+
+
+def test_skip_nonfinite_float64_norm_overflow():
+    """float64 gradients whose squared norm overflows with every element
+    finite: the step runs (the element check decides, as on the CPU)."""
+    lists = Lists([(64,)], np.float64, seed=25)
+    big = 1e300
+    for i in range(4):
+        lists.poison_grad(0, i, big)
+    r = kernels.adam(*lists.args(), lr=1e-3, step=1, clip_norm=1.0, skip_nonfinite=True)
+    assert r is (None if BE.on_device else True)
+    got = lists.results()
+    assert not np.array_equal(got["m"], lists.initial["m"]), "the step must have run"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_norm(dtype):
+    """Against the float64 norm; the same bits on every run; out= gives the
+    returned value without a synchronization."""
+    lists = Lists([(n,) for n in ODD_SIZES], dtype, layout="mixed", seed=26)
+    g = lists.arrays["grads"]
+    want = np.sqrt(np.sum(np.asarray(lists.initial["grads"], np.float64) ** 2))
+    got = kernels.global_norm(g)
+    assert abs(got - want) <= 1e-12 * want
+    assert kernels.global_norm(g) == got
+    cpu = kernels.global_norm([np.asarray(lists.initial["grads"])])
+    assert abs(cpu - got) <= 1e-13 * want
+    if BE.on_device:
+        for out_dtype in (np.float32, np.float64):
+            out = BE.scalar(0.0, out_dtype)
+            assert kernels.global_norm(g, out=out) is None
+            assert BE.to_numpy(out)[0] == out_dtype(got)
+    assert kernels.global_norm([]) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite(dtype):
+    lists = Lists([(n,) for n in ODD_SIZES], dtype, layout="mixed", seed=27)
+    assert kernels.all_finite(lists.arrays["grads"]) is True
+    lists.poison_grad(len(ODD_SIZES) - 1, 2 * CHUNK + 2, np.inf)
+    assert kernels.all_finite(lists.arrays["grads"]) is False
+    if BE.on_device:
+        out = BE.full(1, 7, np.uint8)
+        assert kernels.all_finite(lists.arrays["grads"], out=out) is None
+        assert int(BE.to_numpy(out)[0]) == 0
+        fine = Lists([(5,), (CHUNK + 1,)], dtype, seed=28)
+        assert kernels.all_finite(fine.arrays["grads"], out=out) is None
+        assert int(BE.to_numpy(out)[0]) == 1
+
+
+@torch_only
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_cuda_graph_capture_with_clip_and_skip(opt):
+    """global_clip_norm and skip_nonfinite with every hyperparameter on the
+    device, captured in a CUDA graph: the norms, the clip factor and the check
+    stay on the device (a host synchronization would fail the capture).
+    Replays with finite gradients update; a replay after an Inf was written
+    into the gradients updates nothing."""
+    torch = BE.torch
+    names = LISTS if opt == "adam" else SGD_LISTS
+    lists = Lists([(CHUNK + 5,), (100,)], np.float32, seed=29, names=names)
+    lr = BE.scalar(1e-3, np.float32)
+    BE.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        if opt == "adam":
+            kernels.adam(*lists.args(), lr=lr, step=BE.scalar(1, np.int64), global_clip_norm=1.0,
+                         skip_nonfinite=True, stream=torch.cuda.current_stream())
+        else:
+            kernels.sgd(*lists.args(), lr=lr, momentum=0.9, global_clip_norm=1.0,
+                        skip_nonfinite=True, stream=torch.cuda.current_stream())
+    state = {k: np.array(x, copy=True) for k, x in lists.initial.items()}
+    graph.replay()
+    host = [[state[k]] for k in names]
+    if opt == "adam":
+        kernels.adam(*host, lr=float(np.float32(1e-3)), step=1, global_clip_norm=1.0)
+    else:
+        kernels.sgd(*host, lr=float(np.float32(1e-3)), momentum=0.9, global_clip_norm=1.0)
+    results = lists.results()
+    for k in names:
+        if k != "grads":
+            np.testing.assert_allclose(results[k], state[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    lists.flat["grads"][lists.offsets[1] + 3] = float("inf")  # in place: the graph reads it
+    before = lists.snapshot()
+    graph.replay()
+    after = lists.snapshot()
+    for k in names:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
 
 
 # ----------------------------------------------------------------------------

@@ -114,7 +114,9 @@ _NORM_SCRIPT = textwrap.dedent("""
     import numpy as np
     from fusedopt import kernels
     rng = np.random.default_rng(5)
-    arrays = [rng.standard_normal(n).astype(np.float32) for n in (3, 40000, 100003, 70000)]
+    # 5 MB of float32: with two threads the parallel path runs (cpu/parallel.h
+    # wakes a thread per 2 MiB), with one the serial path.
+    arrays = [rng.standard_normal(n).astype(np.float32) for n in (3, 40000, 100003, 1200000)]
     print(repr(kernels.global_norm(arrays)))
 """)
 

@@ -1,13 +1,13 @@
-"""fusedopt.SGD against the stock keras.optimizers.SGD in real training.
+"""fusedopt.SGD: what is specific to it.
 
-Parity is checked bit for bit (float32 and float64, CPU): the fused op
-computes the same operations in the same order as
-keras.optimizers.SGD.update_step. Every test also checks which path ran: the
-fused op in the traced graph, or the stock fallback where the op does not
-apply.
+What every optimizer must do (fit parity with the stock class for every
+configuration of plain, momentum and Nesterov SGD, config, variables, slots,
+saving, checkpoints, every hyperparameter form, bad arguments) is tested once
+for all of them over the table in tests/optimizer_table.py
+(tests/test_optimizer_table.py). Here: the op calls of the traced step
+(Grappler's products, attributes), runtime hyperparameters, plain SGD without
+buffers, 16-bit variables.
 """
-
-import re
 
 import numpy as np
 import pytest
@@ -17,7 +17,6 @@ import keras
 
 import fusedopt
 
-import parity
 from training import assert_same_state, make_data, make_model, train
 
 
@@ -39,78 +38,12 @@ VARIANTS = {
     "nesterov": dict(momentum=0.8, nesterov=True),
 }
 
-# Every stock argument the issue lists; each runs through model.fit with each
-# variant.
-CASES = {
-    "defaults": dict(),
-    "lr": dict(learning_rate=0.03),
-    "lr_schedule": dict(learning_rate=SCHEDULE),
-    "clipnorm": dict(learning_rate=0.05, clipnorm=0.05),
-    "clipvalue": dict(learning_rate=0.05, clipvalue=0.01),
-    "global_clipnorm": dict(learning_rate=0.05, global_clipnorm=0.1),
-    "weight_decay": dict(learning_rate=0.05, weight_decay=0.05),
-    "use_ema": dict(learning_rate=0.05, use_ema=True, ema_momentum=0.9,
-                    ema_overwrite_frequency=4),
-    "gradient_accumulation": dict(learning_rate=0.05, gradient_accumulation_steps=3),
-    "loss_scale_factor": dict(learning_rate=0.05, loss_scale_factor=128.0),
-    # Not a power of two: x / 3 rounds, and Grappler turns it into x * (1/3).
-    "loss_scale_factor_3": dict(learning_rate=0.05, loss_scale_factor=3.0),
-    "accumulation_and_loss_scale": dict(learning_rate=0.05, gradient_accumulation_steps=3,
-                                        loss_scale_factor=3.0, weight_decay=0.01),
-    "accumulation_and_global_clipnorm": dict(learning_rate=0.05,
-                                             gradient_accumulation_steps=2,
-                                             global_clipnorm=0.1),
-}
-
-# Clipping by norm is folded into the fused op, whose squared-norm reduction
-# sums in another order than TF's reduce_sum (parity.NORM_CLIP).
-NORM_CLIP_CASES = {"clipnorm", "global_clipnorm", "accumulation_and_global_clipnorm"}
-# Gradients that are products, whose `gradient * lr` Grappler rewrites in
-# traced graphs (parity.GRAPPLER_PRODUCT); 128 is a power of two: exact.
-PRODUCT_CASES = {"gradient_accumulation", "loss_scale_factor_3", "accumulation_and_loss_scale"}
-
-
-def contract(case, run_eagerly):
-    if case in NORM_CLIP_CASES:
-        return parity.NORM_CLIP
-    if case in PRODUCT_CASES and not run_eagerly:
-        return parity.GRAPPLER_PRODUCT
-    return parity.EXACT
-
-
-@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_matches_stock_in_fit(variant, case, run_eagerly):
-    kwargs = {**VARIANTS[variant], **CASES[case]}
-    fused = parity.fit_parity(lambda: fusedopt.SGD(**kwargs),
-                              lambda: keras.optimizers.SGD(**kwargs),
-                              contract(case, run_eagerly), run_eagerly=run_eagerly)
-    assert_all_fused(fused.optimizer)
-
 
 def _keep(pairs):
     """A gradient transformer that changes nothing: it keeps Keras' clipping
     as the stock TF ops (clipping is folded only when nothing runs between it
     and the update)."""
     return pairs
-
-
-@pytest.mark.parametrize("run_eagerly", [False, True], ids=["graph", "eager"])
-@pytest.mark.parametrize("case", sorted(NORM_CLIP_CASES))
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_stock_norm_clipping_then_fused_update(variant, case, run_eagerly):
-    """With the stock clipping ops in front, the update itself is bit-exact
-    eagerly; in traced graphs Grappler computes the stock (g * scale) * lr of
-    a global clip as g * (scale * lr) (parity.GRAPPLER_PRODUCT)."""
-    kwargs = {**VARIANTS[variant], **CASES[case]}
-    product = "global_clipnorm" in case or "accumulation" in case
-    fused = parity.fit_parity(
-        lambda: fusedopt.SGD(**kwargs, gradient_transformers=[_keep]),
-        lambda: keras.optimizers.SGD(**kwargs),
-        parity.GRAPPLER_PRODUCT if product and not run_eagerly else parity.EXACT,
-        run_eagerly=run_eagerly)
-    assert_all_fused(fused.optimizer)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -148,54 +81,6 @@ def test_single_variable_with_schedule(run_eagerly):
         return model
 
     fused, stock = run(fusedopt.SGD), run(keras.optimizers.SGD)
-    assert_all_fused(fused.optimizer)
-    assert_same_state(fused, stock)
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_weight_decay_with_excluded_variables(variant):
-    def run(cls):
-        opt = cls(learning_rate=0.05, weight_decay=0.1, **VARIANTS[variant])
-        opt.exclude_from_weight_decay(var_names=["bias"])
-        return train(opt)
-
-    fused, stock = run(fusedopt.SGD), run(keras.optimizers.SGD)
-    assert_all_fused(fused.optimizer)
-    assert_same_state(fused, stock)
-
-
-def test_learning_rate_scheduler_callback():
-    def schedule(epoch, lr):
-        return 0.05 if epoch == 0 else lr * 0.5
-
-    def run(cls):
-        return train(cls(learning_rate=0.01, momentum=0.9), epochs=4,
-                     callbacks=[keras.callbacks.LearningRateScheduler(schedule)])
-
-    fused, stock = run(fusedopt.SGD), run(keras.optimizers.SGD)
-    assert float(fused.optimizer.learning_rate.numpy()) == pytest.approx(0.05 * 0.125)
-    assert_all_fused(fused.optimizer)
-    assert_same_state(fused, stock)
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_float64_model_matches_stock(variant):
-    def run(cls):
-        keras.utils.set_random_seed(3)
-        model = keras.Sequential([
-            keras.Input((13,), dtype="float64"),
-            keras.layers.Dense(29, activation="tanh", dtype="float64"),
-            keras.layers.Dense(3, dtype="float64"),
-        ])
-        opt = cls(learning_rate=0.03, weight_decay=0.01, **VARIANTS[variant])
-        model.compile(optimizer=opt, loss="mse")
-        x, y = make_data()
-        model.fit(x.astype("float64"), y.astype("float64"), batch_size=32, epochs=2,
-                  shuffle=False, verbose=0)
-        return model
-
-    fused, stock = run(fusedopt.SGD), run(keras.optimizers.SGD)
-    assert fused.weights[0].dtype == "float64"
     assert_all_fused(fused.optimizer)
     assert_same_state(fused, stock)
 
@@ -245,23 +130,6 @@ def test_hyperparameters_are_runtime_inputs_not_attributes():
         np.testing.assert_array_equal(v.numpy(), a1 + m * np.float32(0.5))
 
 
-def test_apply_in_tf_function_groups_by_dtype():
-    rng = np.random.default_rng(5)
-    vars32 = [tf.Variable(rng.standard_normal(s).astype("float32")) for s in [(3,), (4, 5)]]
-    vars64 = [tf.Variable(rng.standard_normal(s)) for s in [(7,), (2, 2)]]
-    variables = vars32 + vars64
-    grads = [tf.constant(rng.standard_normal(v.shape), dtype=v.dtype) for v in variables]
-    opt = fusedopt.SGD(learning_rate=0.1, momentum=0.9)
-    opt.build(variables)
-    step = tf.function(lambda: opt.apply(grads, variables))
-    graph = step.get_concrete_function().graph
-    assert len(fused_ops(graph)) == 2  # one per dtype
-    before = [v.numpy() for v in variables]
-    step()
-    for b, v in zip(before, variables):
-        assert not np.any(b == v.numpy())
-
-
 def test_momentum_zero_has_no_slots_and_nesterov_zero_momentum_is_plain():
     for kwargs in (dict(), dict(nesterov=True)):
         fused = train(fusedopt.SGD(learning_rate=0.05, **kwargs), epochs=1)
@@ -306,80 +174,3 @@ def test_mixed_float16_and_float32_variables():
     # momentum and parameters (about 0.5 to 3).
     np.testing.assert_allclose(fused[0], stock[0], rtol=2 * 2**-10, atol=4 * 2**-11)
     np.testing.assert_array_equal(fused[1], stock[1])
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_config_and_variables_match_stock(variant):
-    kwargs = dict(learning_rate=0.003, clipnorm=1.5, use_ema=True, **VARIANTS[variant])
-    fused = fusedopt.SGD(name="opt", **kwargs)
-    stock = keras.optimizers.SGD(name="opt", **kwargs)
-    assert fused.get_config() == stock.get_config()
-    assert isinstance(fused, keras.optimizers.SGD) and isinstance(fused, fusedopt.Optimizer)
-    a, b = train(fused, epochs=1), train(stock, epochs=1)
-
-    def layout(model):  # model names differ (sequential_3 vs _4): drop them
-        return [(re.sub(r"sequential(_\d+)?_", "", v.path), v.shape)
-                for v in model.optimizer.variables]
-
-    assert layout(a) == layout(b)
-    restored = keras.optimizers.deserialize(keras.optimizers.serialize(fused))
-    assert type(restored) is fusedopt.SGD
-    assert restored.get_config() == fused.get_config()
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_keras_file_round_trip(tmp_path, variant):
-    model = train(fusedopt.SGD(learning_rate=0.05, **VARIANTS[variant]), epochs=1)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)  # no custom_objects: registered
-    assert type(loaded.optimizer) is fusedopt.SGD
-    assert loaded.optimizer.get_config() == model.optimizer.get_config()
-    assert_same_state(model, loaded)
-    # Training on continues identically.
-    x, y = make_data()
-    for m in (model, loaded):
-        m.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-    assert_same_state(model, loaded)
-
-
-@pytest.mark.parametrize("first,second", [(fusedopt.SGD, keras.optimizers.SGD),
-                                          (keras.optimizers.SGD, fusedopt.SGD)],
-                         ids=["fused-to-stock", "stock-to-fused"])
-def test_checkpoint_interchanges_with_stock(tmp_path, first, second):
-    x, y = make_data()
-    keras.utils.set_random_seed(11)
-    model = make_model()
-    model.compile(optimizer=first(learning_rate=0.05, momentum=0.9), loss="mse")
-    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-    prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
-        str(tmp_path / "ckpt"))
-
-    keras.utils.set_random_seed(99)  # different init: restore must overwrite it
-    other = make_model()
-    other.compile(optimizer=second(learning_rate=0.05, momentum=0.9), loss="mse")
-    other.optimizer.build(other.trainable_variables)
-    tf.train.Checkpoint(model=other, optimizer=other.optimizer).restore(prefix).assert_consumed()
-    assert_same_state(model, other)
-    for m in (model, other):
-        m.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-    assert_same_state(model, other)
-
-
-def test_slots():
-    fused = train(fusedopt.SGD(learning_rate=0.05, momentum=0.9), epochs=1)
-    opt = fused.optimizer
-    assert opt.get_slot_names() == ["momentum"]
-    kernel = fused.trainable_variables[0]
-    assert opt.get_slot(kernel, "momentum") is opt.momentums[0]
-    with pytest.raises(KeyError, match="momentum"):
-        opt.get_slot(kernel, "velocity")
-    plain = train(fusedopt.SGD(learning_rate=0.05), epochs=1).optimizer
-    assert plain.get_slot_names() == []
-    assert fusedopt.SGD(momentum=0.5).get_slot_names() == ["momentum"]
-
-
-@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan")])
-def test_momentum_out_of_range_is_refused(momentum):
-    with pytest.raises(ValueError, match="momentum"):
-        fusedopt.SGD(momentum=momentum)

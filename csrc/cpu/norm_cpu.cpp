@@ -9,22 +9,24 @@ template <typename T>
 void squared_norms_cpu(const std::vector<const T*>& x, const std::vector<int64_t>& sizes,
                        double* out, const ParallelFor& parallel) {
   const auto range = IsaSumOfSquares<T>::get(cpu_kernels());
+  for (size_t i = 0; i < sizes.size(); ++i) out[i] = 0.0;
+  // Either way a tensor's chunk sums are added in chunk order: the same bits
+  // whether one thread or many computed them.
+  if (runs_serially(total_elements(sizes) * static_cast<int64_t>(sizeof(T)))) {
+    for_each_chunk_in_order(sizes, [&](const Chunk& c) {
+      out[c.tensor] += range(x[c.tensor] + c.begin, c.end - c.begin);
+    });
+    return;
+  }
   const std::vector<Chunk> chunks = make_chunks(sizes);
   std::vector<double> partial(chunks.size(), 0.0);
-  auto run = [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const Chunk& c = chunks[k];
-      partial[k] = range(x[c.tensor] + c.begin, c.end - c.begin);
-    }
-  };
-  int64_t total = 0;
-  for (int64_t n : sizes) total += n;
-  if (total <= kChunkElements) {
-    run(0, static_cast<int64_t>(chunks.size()));
-  } else {
-    parallel(static_cast<int64_t>(chunks.size()), kChunkElements * sizeof(T), run);
-  }
-  for (size_t i = 0; i < sizes.size(); ++i) out[i] = 0.0;
+  parallel(static_cast<int64_t>(chunks.size()), kChunkElements * sizeof(T),
+           [&](int64_t begin, int64_t end) {
+             for (int64_t k = begin; k < end; ++k) {
+               const Chunk& c = chunks[k];
+               partial[k] = range(x[c.tensor] + c.begin, c.end - c.begin);
+             }
+           });
   for (size_t k = 0; k < chunks.size(); ++k) out[chunks[k].tensor] += partial[k];
 }
 

@@ -1,53 +1,18 @@
 // Multi-tensor Adam/AdamW on the GPU: the CUDA driver's API.
 //
-// Free of TensorFlow, Python and CUDA headers (the stream is CUDA's opaque
-// `cudaStream_t`, declared here the way the CUDA headers declare it), so that
-// the TF OpKernels and the pybind11 module include it as plain C++. Everything
-// is enqueued on the caller's stream; nothing synchronizes with the host and
-// nothing is allocated, so a step can be captured in a CUDA graph.
+// Plain C++ (cuda/types.h): the TF OpKernels, the pybind11 module and the XLA
+// FFI handlers include it without CUDA headers. Everything is enqueued on the
+// caller's stream; nothing synchronizes with the host and nothing is
+// allocated, so a step can be captured in a CUDA graph.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-struct CUstream_st;  // cudaStream_t == CUstream_st*
+#include "cuda/types.h"
 
-namespace fusedopt {
-namespace cuda {
-
-using Stream = CUstream_st*;
-
-// The 16-bit float types on the host side: the bits of CUDA's __half and
-// __nv_bfloat16, which this header cannot name.
-struct Float16 {
-  uint16_t bits;
-};
-struct BFloat16 {
-  uint16_t bits;
-};
-
-// One hyperparameter: a value known on the host, or one element in device
-// memory that the kernel reads when it runs (no host synchronization; a
-// captured graph replays with whatever the element holds then).
-enum class ScalarType : uint8_t { kHost, kFloat32, kFloat64, kInt32, kInt64 };
-struct Scalar {
-  ScalarType type = ScalarType::kHost;
-  double host = 0.0;             // the value, when type == kHost
-  const void* device = nullptr;  // the element, otherwise
-
-  static Scalar Host(double value) {
-    Scalar s;
-    s.host = value;
-    return s;
-  }
-  static Scalar Device(ScalarType type, const void* ptr) {
-    Scalar s;
-    s.type = type;
-    s.device = ptr;
-    return s;
-  }
-};
+FUSEDOPT_CUDA_NAMESPACE_BEGIN
 
 // Adam's per-step scalars, in one of two forms:
 // - precomputed: the fields of AdamScalars (csrc/kernels/adam.h), as the TF op
@@ -88,10 +53,12 @@ struct AdamCudaScalars {
 };
 
 // Device pointers of N tensors: params[i], grads[i], m[i], v[i] hold sizes[i]
-// contiguous elements. P is the parameter and gradient type, S the state (and
-// math) type: <float, float>, <double, double>, <Float16, float> and
-// <BFloat16, float> are compiled. The caller has validated everything
-// (lengths, sizes, no buffer twice, one device).
+// contiguous elements. P is the parameter and gradient type, S the state
+// type; the rule computes in float32 for 16-bit P and S. Compiled:
+// <float, float>, <double, double>, <Float16, float>, <BFloat16, float>
+// (fusedopt.kernels: 16-bit parameters, float32 moments), <Float16, Float16>,
+// <BFloat16, BFloat16> (the TF op on 16-bit variables). The caller has
+// validated everything (lengths, sizes, no buffer twice, one device).
 template <typename P, typename S = P>
 struct AdamCudaTensors {
   std::vector<P*> params;
@@ -102,16 +69,13 @@ struct AdamCudaTensors {
 };
 
 // Enqueues one Adam (weight_decay: AdamW) step over every tensor on `stream`
-// on the current device. Returns "" when every launch was enqueued, else
-// CUDA's error message. Per element it runs adam_element from
-// csrc/kernels/adam.h, in S.
+// on the current device: per element adam_element from csrc/kernels/adam.h,
+// the gradient clipped first as `clip` says, nothing written where apply_if's
+// byte is zero. Every launch is planned and the kernel checked before the
+// first launch. Returns "" when every launch was enqueued, else the error.
 template <typename P, typename S>
 std::string adam_cuda(const AdamCudaTensors<P, S>& tensors, const AdamCudaScalars& scalars,
-                      bool weight_decay, Stream stream);
+                      bool weight_decay, const ClipArgs& clip, const Predicate& apply_if,
+                      Stream stream);
 
-// Enqueues a device-to-device copy of `bytes` bytes on `stream` ("" or the
-// error). For copy-on-write of TF variables without Eigen's GPU device.
-std::string copy_device_async(void* dst, const void* src, int64_t bytes, Stream stream);
-
-}  // namespace cuda
-}  // namespace fusedopt
+FUSEDOPT_CUDA_NAMESPACE_END

@@ -24,18 +24,26 @@ FUSEDOPT_HOST_DEVICE bool any_nonfinite_bits(const Bits* x, int64_t n, Bits expo
   return bad != 0;
 }
 
+// The exponent field of `format`'s bit pattern: all ones exactly for Inf and
+// NaN.
+FUSEDOPT_HOST_DEVICE constexpr uint64_t exponent_mask(FloatFormat format) {
+  return format == FloatFormat::kFloat16    ? 0x7C00u
+         : format == FloatFormat::kBFloat16 ? 0x7F80u
+         : format == FloatFormat::kFloat32  ? 0x7F800000u
+                                            : 0x7FF0000000000000ull;
+}
+
 // True if any of the n elements (in `format`) starting at x is Inf or NaN.
 inline bool any_nonfinite(FloatFormat format, const void* x, int64_t n) {
+  const uint64_t mask = exponent_mask(format);
   switch (format) {
     case FloatFormat::kFloat16:
-      return any_nonfinite_bits(static_cast<const uint16_t*>(x), n, uint16_t{0x7C00});
     case FloatFormat::kBFloat16:
-      return any_nonfinite_bits(static_cast<const uint16_t*>(x), n, uint16_t{0x7F80});
+      return any_nonfinite_bits(static_cast<const uint16_t*>(x), n, static_cast<uint16_t>(mask));
     case FloatFormat::kFloat32:
-      return any_nonfinite_bits(static_cast<const uint32_t*>(x), n, uint32_t{0x7F800000u});
+      return any_nonfinite_bits(static_cast<const uint32_t*>(x), n, static_cast<uint32_t>(mask));
     case FloatFormat::kFloat64:
-      return any_nonfinite_bits(static_cast<const uint64_t*>(x), n,
-                                uint64_t{0x7FF0000000000000ull});
+      return any_nonfinite_bits(static_cast<const uint64_t*>(x), n, mask);
   }
   return true;
 }

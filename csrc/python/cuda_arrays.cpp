@@ -19,8 +19,10 @@ constexpr int32_t kDLCPU = 1;
 constexpr int32_t kDLCUDA = 2;
 constexpr int32_t kDLCUDAManaged = 13;
 constexpr uint8_t kDLInt = 0;
+constexpr uint8_t kDLUInt = 1;
 constexpr uint8_t kDLFloat = 2;
 constexpr uint8_t kDLBfloat = 4;
+constexpr uint8_t kDLBool = 6;
 constexpr uint64_t kDLFlagReadOnly = 1ull << 0;
 constexpr uint64_t kDLFlagIsCopied = 1ull << 1;
 
@@ -68,21 +70,28 @@ enum class Kind { kNumpy, kCudaArrayInterface, kDlpackCuda, kDlpackHost, kOther 
 
 Kind classify(py::handle obj) {
   if (py::isinstance<py::array>(obj)) return Kind::kNumpy;
-  // hasattr swallows the errors of objects that refuse the interface (a
+  // DLPack first where an object offers both: its __dlpack__(stream=) makes
+  // our stream wait for the producer's, while PyTorch's
+  // __cuda_array_interface__ carries no stream (a kernel could read before
+  // the producer's stream wrote); the array interface is not even looked at
+  // then. hasattr swallows the errors of objects that refuse an interface (a
   // PyTorch CPU tensor, or one that requires grad); DLPack then explains.
-  if (py::hasattr(obj, "__cuda_array_interface__")) return Kind::kCudaArrayInterface;
+  const auto cai_or = [&](Kind otherwise) {
+    return py::hasattr(obj, "__cuda_array_interface__") ? Kind::kCudaArrayInterface : otherwise;
+  };
   if (py::hasattr(obj, "__dlpack__") && py::hasattr(obj, "__dlpack_device__")) {
     try {
       py::tuple dev = obj.attr("__dlpack_device__")();
       const int type = dev[0].cast<int>();
-      return type == kDLCUDA || type == kDLCUDAManaged ? Kind::kDlpackCuda : Kind::kDlpackHost;
+      if (type == kDLCUDA || type == kDLCUDAManaged) return Kind::kDlpackCuda;
+      return cai_or(Kind::kDlpackHost);
     } catch (py::error_already_set&) {
-      return Kind::kOther;
+      return cai_or(Kind::kOther);
     } catch (py::cast_error&) {
-      return Kind::kOther;
+      return cai_or(Kind::kOther);
     }
   }
-  return Kind::kOther;
+  return cai_or(Kind::kOther);
 }
 
 bool is_cuda(py::handle obj) {
@@ -129,7 +138,8 @@ struct RawArray {
   uintptr_t data = 0;
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements; empty: C-contiguous
-  char kind = 0;                 // 'f' float, 'b' bfloat, 'i' signed integer, '?' other
+  // 'f' float, 'b' bfloat, 'i' signed and 'u' unsigned integer, 'B' bool, '?' other
+  char kind = 0;
   int bits = 0;
   bool readonly = false;
   bool copied = false;
@@ -155,6 +165,8 @@ struct RawArray {
     if (kind == 'f') return "float" + std::to_string(bits);
     if (kind == 'b') return "bfloat" + std::to_string(bits);
     if (kind == 'i') return "int" + std::to_string(bits);
+    if (kind == 'u') return "uint" + std::to_string(bits);
+    if (kind == 'B') return "bool";
     return "an unsupported dtype";
   }
 };
@@ -189,7 +201,8 @@ RawArray from_cuda_array_interface(py::handle obj, const std::string& name) {
   for (py::handle d : py::tuple(cai["shape"])) a.shape.push_back(d.cast<int64_t>());
   const std::string typestr = py::str(cai["typestr"]);
   if (typestr.size() >= 3 && (typestr[0] == '<' || typestr[0] == '|' || typestr[0] == '=')) {
-    a.kind = typestr[1] == 'f' ? 'f' : typestr[1] == 'i' ? 'i' : '?';
+    const char c = typestr[1];
+    a.kind = c == 'f' ? 'f' : c == 'i' ? 'i' : c == 'u' ? 'u' : c == 'b' ? 'B' : '?';
     a.bits = 8 * std::atoi(typestr.c_str() + 2);
   } else {
     a.kind = '?';
@@ -268,6 +281,8 @@ RawArray from_dlpack(py::handle obj, const std::string& name, uintptr_t stream,
            : t->dtype.code == kDLFloat  ? 'f'
            : t->dtype.code == kDLBfloat ? 'b'
            : t->dtype.code == kDLInt    ? 'i'
+           : t->dtype.code == kDLUInt   ? 'u'
+           : t->dtype.code == kDLBool   ? 'B'
                                         : '?';
   a.bits = t->dtype.bits;
   a.readonly = (flags & kDLFlagReadOnly) != 0;
@@ -458,6 +473,47 @@ std::optional<cuda::Scalar> CudaCall::device_scalar(py::handle value, const std:
   }
   if (a.has_stream && !same_stream(a.stream, stream_)) producer_streams_.insert(a.stream);
   return cuda::Scalar::Device(type, reinterpret_cast<const void*>(a.data));
+}
+
+CudaCall::DeviceOutput CudaCall::device_output(py::handle value, const std::string& arg,
+                                               bool flag) {
+  RawArray a;
+  switch (classify(value)) {
+    case Kind::kCudaArrayInterface:
+      a = from_cuda_array_interface(value, arg);
+      break;
+    case Kind::kDlpackCuda:
+      a = from_dlpack(value, arg, stream_, keep_alive_);
+      break;
+    default:
+      throw py::type_error(arg + " must be None or a one-element CUDA array, got " +
+                           type_name(value));
+  }
+  if (a.size() != 1) {
+    throw py::value_error(arg + " must be a one-element CUDA array, got shape " +
+                          shape_str(a.shape));
+  }
+  locate(a.device, arg);
+  DeviceOutput out;
+  out.data = reinterpret_cast<void*>(a.data);
+  if (flag && (a.kind == 'B' || a.kind == 'u' || a.kind == 'i') && a.bits == 8) {
+    out.type = cuda::ScalarType::kHost;  // one byte
+  } else if (!flag && a.kind == 'f' && a.bits == 32) {
+    out.type = cuda::ScalarType::kFloat32;
+  } else if (!flag && a.kind == 'f' && a.bits == 64) {
+    out.type = cuda::ScalarType::kFloat64;
+  } else {
+    throw py::type_error(arg + " must have dtype " +
+                         (flag ? "bool, uint8 or int8" : "float32 or float64") + ", got " +
+                         a.dtype_str());
+  }
+  if (a.readonly) throw py::value_error(arg + " is read-only; the result is written to it");
+  if (a.copied) {
+    throw py::value_error(arg + " was exported as a copy (DLPack IS_COPIED); the result "
+                                "written to it would be lost");
+  }
+  if (a.has_stream && !same_stream(a.stream, stream_)) producer_streams_.insert(a.stream);
+  return out;
 }
 
 cuda::Stream CudaCall::prepare_launch() {

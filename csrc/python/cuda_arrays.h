@@ -1,8 +1,9 @@
 // CUDA arrays from Python for the kernels of fusedopt._C.
 //
-// Accepts objects with __cuda_array_interface__ (CuPy, PyTorch, Numba) and
-// objects with __dlpack__ / __dlpack_device__ on a CUDA device (PyTorch, JAX,
-// CuPy), checks them like the NumPy path does (arrays.h: the same HostArray
+// Accepts objects with __dlpack__ / __dlpack_device__ on a CUDA device
+// (PyTorch, JAX, CuPy; preferred where an object has both: DLPack carries the
+// stream handshake) and objects with __cuda_array_interface__ (CuPy, PyTorch,
+// Numba), checks them like the NumPy path does (arrays.h: the same HostArray
 // records and the same layout and overlap checks, run before any launch), and
 // prepares the launch: one device, the stream given as `stream=`, producers'
 // streams waited for. Compiled in every build; without CUDA
@@ -18,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/adam_cuda.h"
+#include "cuda/types.h"
 #include "python/arrays.h"
 
 namespace fusedopt {
@@ -55,6 +56,17 @@ class CudaCall {
   // range-checked without a host synchronization; they are read by the kernel.
   std::optional<cuda::Scalar> device_scalar(py::handle value, const std::string& arg,
                                             bool integer);
+
+  // A one-element CUDA array a result is written to: flag (bool, uint8 or
+  // int8; type kHost) or a float (float32 or float64), writeable.
+  struct DeviceOutput {
+    void* data = nullptr;
+    cuda::ScalarType type = cuda::ScalarType::kHost;
+  };
+  DeviceOutput device_output(py::handle value, const std::string& arg, bool flag);
+
+  // The call's stream (valid after construction).
+  cuda::Stream stream() const { return reinterpret_cast<cuda::Stream>(stream_); }
 
   // After every check: makes the call's device current (restored by the
   // destructor) and the stream wait for the streams that produced the

@@ -68,6 +68,8 @@ template <typename T>
 std::vector<double> squared_norms(const std::vector<HostArray>& x) {
   std::vector<const T*> data;
   std::vector<int64_t> sizes;
+  data.reserve(x.size());
+  sizes.reserve(x.size());
   for (const HostArray& a : x) {
     data.push_back(static_cast<const T*>(a.data));
     sizes.push_back(a.size);
@@ -109,6 +111,8 @@ bool host_all_finite(const std::vector<HostArray>& arrays) {
   if (arrays.empty()) return true;
   std::vector<const void*> data;
   std::vector<int64_t> sizes;
+  data.reserve(arrays.size());
+  sizes.reserve(arrays.size());
   for (const HostArray& a : arrays) {
     data.push_back(a.data);
     sizes.push_back(a.size);
@@ -142,18 +146,41 @@ bool check_flag(py::handle value, const char* name) {
   return value.cast<bool>();
 }
 
-void refuse_cuda_clip(const ClipRequest& request) {
-  if (request.kind != ClipKind::kNone) {
-    throw py::value_error(
-        "clip_value / clip_norm / global_clip_norm are not supported on CUDA arrays yet; "
-        "clip the gradients first");
+// Whether a call may involve CUDA arrays: is_cuda_call, without asking the
+// arrays and numbers that cannot be CUDA arrays. It looks up the CUDA
+// interfaces on every argument (attribute lookups that fail, microseconds per
+// hyperparameter), while a NumPy array or an exact Python float or int is
+// never a CUDA array: lists of NumPy arrays only pass no list on, and plain
+// numbers no scalar.
+bool maybe_cuda_call(std::initializer_list<py::handle> lists,
+                     std::initializer_list<py::handle> scalars, py::handle stream) {
+  const auto& npy = py::detail::npy_api::get();
+  bool plain = true;
+  for (py::handle list : lists) {
+    if (!PyList_Check(list.ptr()) && !PyTuple_Check(list.ptr())) continue;
+    for (Py_ssize_t i = 0; plain && i < PySequence_Fast_GET_SIZE(list.ptr()); ++i) {
+      plain = npy.PyArray_Check_(PySequence_Fast_GET_ITEM(list.ptr(), i));
+    }
   }
+  for (py::handle s : scalars) {
+    plain = plain && (PyFloat_CheckExact(s.ptr()) || PyLong_CheckExact(s.ptr()));
+  }
+  return plain ? !stream.is_none() : is_cuda_call(lists, scalars, stream);
+}
+
+CudaClipRequest cuda_clip(const ClipRequest& request) {
+  return CudaClipRequest{request.kind, request.threshold};
 }
 
 template <typename T>
 AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                           const std::vector<HostArray>& m, const std::vector<HostArray>& v) {
   AdamTensors<T> t;
+  t.params.reserve(p.size());
+  t.grads.reserve(p.size());
+  t.m.reserve(p.size());
+  t.v.reserve(p.size());
+  t.sizes.reserve(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     t.params.push_back(static_cast<T*>(p[i].data));
     t.grads.push_back(static_cast<const T*>(g[i].data));
@@ -164,22 +191,17 @@ AdamTensors<T> adam_views(const std::vector<HostArray>& p, const std::vector<Hos
   return t;
 }
 
-bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
-          py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
-          py::handle weight_decay, py::handle clip_value, py::handle clip_norm,
-          py::handle global_clip_norm, py::handle skip_nonfinite, py::handle stream) {
+py::object adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::handle lr,
+                py::handle beta_1, py::handle beta_2, py::handle epsilon, py::handle step,
+                py::handle weight_decay, py::handle clip_value, py::handle clip_norm,
+                py::handle global_clip_norm, py::handle skip_nonfinite, py::handle stream) {
   const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
   const bool skip = check_flag(skip_nonfinite, "skip_nonfinite");
   // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
-  if (is_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
-                   stream)) {
-    refuse_cuda_clip(clip);
-    if (skip) {
-      throw py::value_error("skip_nonfinite is not supported on CUDA arrays yet");
-    }
-    adam_cuda_call(params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay,
-                   stream);
-    return true;
+  if (maybe_cuda_call({params, grads, m, v}, {lr, beta_1, beta_2, epsilon, step, weight_decay},
+                      stream)) {
+    return adam_cuda_call(params, grads, m, v, lr, beta_1, beta_2, epsilon, step, weight_decay,
+                          cuda_clip(clip), skip, stream);
   }
   // Validate everything first: nothing is written unless every check passes.
   const auto p_ = host_arrays(params, "params", true);
@@ -199,12 +221,15 @@ bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
   const int64_t t = check_step(step, "step");
   const double wd = check_scalar(weight_decay, "weight_decay");
   check_range(wd, "weight_decay", 0.0, false, kInf, true);
-  if (p_.empty()) return true;
+  if (p_.empty()) return py::bool_(true);
 
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
   const std::vector<double> squared = clip_squared_norms(clip, g_);
-  if (skip && !step_is_finite(g_, squared)) return false;
+  if (skip && !step_is_finite(g_, squared)) {
+    py::gil_scoped_acquire acquire;
+    return py::bool_(false);
+  }
   if (p_[0].dtype == DType::kFloat32) {
     adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
              decay, pool_parallel_for(), make_clip<float>(clip, squared));
@@ -213,13 +238,18 @@ bool adam(py::handle params, py::handle grads, py::handle m, py::handle v, py::h
              make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
              make_clip<double>(clip, squared));
   }
-  return true;
+  py::gil_scoped_acquire acquire;
+  return py::bool_(true);
 }
 
 template <typename T>
 SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostArray>& g,
                         const std::vector<HostArray>& m) {
   SgdTensors<T> t;
+  t.params.reserve(p.size());
+  t.grads.reserve(p.size());
+  t.m.reserve(m.size());
+  t.sizes.reserve(p.size());
   for (size_t i = 0; i < p.size(); ++i) {
     t.params.push_back(static_cast<T*>(p[i].data));
     t.grads.push_back(static_cast<const T*>(g[i].data));
@@ -229,13 +259,18 @@ SgdTensors<T> sgd_views(const std::vector<HostArray>& p, const std::vector<HostA
   return t;
 }
 
-bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
-         py::handle momentum, py::handle nesterov, py::handle weight_decay,
-         py::handle clip_value, py::handle clip_norm, py::handle global_clip_norm,
-         py::handle skip_nonfinite) {
+py::object sgd(py::handle params, py::handle grads, py::handle momentums, py::handle lr,
+               py::handle momentum, py::handle nesterov, py::handle weight_decay,
+               py::handle clip_value, py::handle clip_norm, py::handle global_clip_norm,
+               py::handle skip_nonfinite, py::handle stream) {
   // Validate everything first: nothing is written unless every check passes.
   const ClipRequest clip = read_clip(clip_value, clip_norm, global_clip_norm);
   const bool skip = check_flag(skip_nonfinite, "skip_nonfinite");
+  // CUDA arrays (or stream=) go to the CUDA kernels (csrc/python/cuda_ops.cpp).
+  if (maybe_cuda_call({params, grads, momentums}, {lr, momentum, weight_decay}, stream)) {
+    return sgd_cuda_call(params, grads, momentums, lr, momentum, check_flag(nesterov, "nesterov"),
+                         weight_decay, cuda_clip(clip), skip, stream);
+  }
   const auto p_ = host_arrays(params, "params", true);
   const auto g_ = host_arrays(grads, "grads", false);
   const bool has_m = !momentums.is_none();
@@ -258,7 +293,7 @@ bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
                           "; pass one momentum buffer per parameter (momentum != 0 needs "
                           "them)");
   }
-  if (p_.empty()) return true;
+  if (p_.empty()) return py::bool_(true);
 
   const SgdVariant variant = !has_m     ? SgdVariant::kPlain
                              : nesterov_ ? SgdVariant::kNesterov
@@ -266,7 +301,10 @@ bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
   const bool decay = wd != 0.0;
   py::gil_scoped_release release;
   const std::vector<double> squared = clip_squared_norms(clip, g_);
-  if (skip && !step_is_finite(g_, squared)) return false;
+  if (skip && !step_is_finite(g_, squared)) {
+    py::gil_scoped_acquire acquire;
+    return py::bool_(false);
+  }
   if (p_[0].dtype == DType::kFloat32) {
     sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
             decay, pool_parallel_for(), make_clip<float>(clip, squared));
@@ -274,25 +312,37 @@ bool sgd(py::handle params, py::handle grads, py::handle momentums, py::handle l
     sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
             decay, pool_parallel_for(), make_clip<double>(clip, squared));
   }
-  return true;
+  py::gil_scoped_acquire acquire;
+  return py::bool_(true);
 }
 
-bool all_finite(py::handle arrays) {
+py::object all_finite(py::handle arrays, py::handle out, py::handle stream) {
+  if (is_cuda_call({arrays}, {out}, stream)) return all_finite_cuda_call(arrays, out, stream);
+  if (!out.is_none()) throw py::type_error("out= takes a CUDA array, for CUDA arrays");
   const auto a = host_arrays(arrays, "arrays", false);
   check_one_dtype(a);
-  py::gil_scoped_release release;
-  return host_all_finite(a);
+  bool finite;
+  {
+    py::gil_scoped_release release;
+    finite = host_all_finite(a);
+  }
+  return py::bool_(finite);
 }
 
-double global_norm(py::handle arrays) {
+py::object global_norm(py::handle arrays, py::handle out, py::handle stream) {
+  if (is_cuda_call({arrays}, {out}, stream)) return global_norm_cuda_call(arrays, out, stream);
+  if (!out.is_none()) throw py::type_error("out= takes a CUDA array, for CUDA arrays");
   const auto a = host_arrays(arrays, "arrays", false);
   check_one_dtype(a);
-  if (a.empty()) return 0.0;
-  py::gil_scoped_release release;
-  const auto sums = a[0].dtype == DType::kFloat32 ? squared_norms<float>(a) : squared_norms<double>(a);
+  if (a.empty()) return py::float_(0.0);
   double total = 0.0;
-  for (double s : sums) total += s;
-  return std::sqrt(total);
+  {
+    py::gil_scoped_release release;
+    const auto sums =
+        a[0].dtype == DType::kFloat32 ? squared_norms<float>(a) : squared_norms<double>(a);
+    total = sum_in_order(sums.data(), static_cast<int64_t>(sums.size()));
+  }
+  return py::float_(std::sqrt(total));
 }
 
 py::dict build_info() {
@@ -304,6 +354,7 @@ py::dict build_info() {
   info["cuda"] = false;
   info["cuda_architectures"] = py::none();
 #endif
+  info["cuda_problem"] = fusedopt::cuda_problem();
   info["cpu_isa_compiled"] = compiled_isas();
   info["cpu_isa_supported"] = supported_isas();
   info["cpu_isa"] = std::string(cpu_kernels().name);
@@ -345,11 +396,14 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("nesterov") = false, py::arg("weight_decay") = 0.0,
           py::arg("clip_value") = py::none(), py::arg("clip_norm") = py::none(),
           py::arg("global_clip_norm") = py::none(), py::arg("skip_nonfinite") = false,
+          py::arg("stream") = py::none(),
           "Multi-tensor SGD (plain, momentum, Nesterov), in place; False if skipped "
           "(skip_nonfinite). See fusedopt.kernels.sgd.");
-  mod.def("all_finite", &all_finite, py::arg("arrays"),
+  mod.def("all_finite", &all_finite, py::arg("arrays"), py::kw_only(),
+          py::arg("out") = py::none(), py::arg("stream") = py::none(),
           "Whether no element of any array is Inf or NaN. See fusedopt.kernels.all_finite.");
-  mod.def("global_norm", &global_norm, py::arg("arrays"),
+  mod.def("global_norm", &global_norm, py::arg("arrays"), py::kw_only(),
+          py::arg("out") = py::none(), py::arg("stream") = py::none(),
           "sqrt(sum of squares of every element of every array), deterministic. See "
           "fusedopt.kernels.global_norm.");
   mod.def("stream_inplace", &stream_inplace, py::arg("data"), py::arg("scale"),
@@ -357,5 +411,9 @@ PYBIND11_MODULE(_C, mod) {
           "Bandwidth probe: data *= scale in place, `repeats` times, on the kernel "
           "thread pool (reads and writes 8 bytes per element per repeat).");
   mod.def("build_info", &build_info, "What this build of the kernels contains.");
+  mod.def("cuda_problem", &fusedopt::cuda_problem,
+          "None if the CUDA kernels can run in this process; else why not (no CUDA in this "
+          "build, no NVIDIA driver, a driver older than the CUDA runtime they were built for, "
+          "no device), naming the versions and how to rebuild.");
   register_pointer_ops(mod);
 }

@@ -87,6 +87,11 @@ class FusedoptAdamOp : public tf::OpKernel {
 
     auto& vars = update.variables();
     AdamTensors<kernel_t<T>> t;
+    t.params.reserve(update.grads().size());
+    t.m.reserve(update.grads().size());
+    t.v.reserve(update.grads().size());
+    t.grads.reserve(update.grads().size());
+    t.sizes.reserve(update.grads().size());
     for (size_t i = 0; i < update.grads().size(); ++i) {
       t.params.push_back(KernelData<T>(vars[0][i]));
       t.m.push_back(KernelData<T>(vars[1][i]));

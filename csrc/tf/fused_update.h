@@ -18,10 +18,10 @@
 #include <memory>
 #include <string>
 #include <type_traits>
-#include <unordered_map>
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/radix_sort.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -65,13 +65,13 @@ class FusedUpdate {
   // variables() and grads() are ready and the locks are held until this object
   // is destroyed.
   absl::Status Prepare() {
-    std::vector<int> ids;
     ranges_.clear();
+    size_t count = 0;
     for (const std::string& name : var_lists_) {
       int start, stop;
       TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(name, &start, &stop));
       ranges_.push_back({start, stop});
-      for (int i = start; i < stop; ++i) ids.push_back(i);
+      count += static_cast<size_t>(stop - start);
     }
     int gstart, gstop;
     TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(grad_list_, &gstart, &gstop));
@@ -88,31 +88,59 @@ class FusedUpdate {
                              t->shape().DebugString()));
     }
     // One lookup per variable (a handle whose variable does not exist, e.g. a
-    // VarHandleOp never assigned, is refused naming the input), then the
-    // locks, each distinct mutex once, in address order (TF's
-    // MaybeLockVariableInputMutexesInOrder does the same, with more lookups
-    // and handle copies per variable).
+    // VarHandleOp never assigned, is refused naming the input). vars_ is in
+    // input order: list by list.
     vars_.clear();
-    std::vector<tsl::mutex*> mutexes;
-    for (int i : ids) {
-      tf::core::RefCountPtr<tf::Var> var;
-      const auto& handle = ctx_->input(i).template flat<tf::ResourceHandle>()(0);
-      const absl::Status s = tf::LookupResource(ctx_, handle, &var);
-      FUSEDOPT_REQUIRE(s.ok(), tf::errors::InvalidArgument(
-                                   Label(i), " is not initialized or was deleted (",
-                                   s.message(), ")"));
-      mutexes.push_back(var->mu());
-      vars_.push_back(std::move(var));
+    vars_.reserve(count);
+    for (size_t l = 0; l < ranges_.size(); ++l) {
+      for (int i = ranges_[l].first; i < ranges_[l].second; ++i) {
+        // The op declares these inputs as resources, so the element type is
+        // known: the handle is read without flat<>'s out-of-line checks.
+        const tf::Tensor& input = ctx_->input(i);
+        FUSEDOPT_REQUIRE(input.dtype() == tf::DT_RESOURCE && input.NumElements() == 1,
+                         tf::errors::InvalidArgument(
+                             var_lists_[l], "[", i - ranges_[l].first,
+                             "] must be one resource handle, got a ",
+                             tf::DataTypeString(input.dtype()), " tensor of shape ",
+                             input.shape().DebugString()));
+        const auto& handle = *static_cast<const tf::ResourceHandle*>(input.data());
+        tf::core::RefCountPtr<tf::Var> var;
+        const absl::Status s = tf::LookupResource(ctx_, handle, &var);
+        FUSEDOPT_REQUIRE(s.ok(), tf::errors::InvalidArgument(
+                                     Label(i), " is not initialized or was deleted (",
+                                     s.message(), ")"));
+        vars_.push_back(std::move(var));
+      }
     }
-    std::sort(mutexes.begin(), mutexes.end());
-    mutexes.erase(std::unique(mutexes.begin(), mutexes.end()), mutexes.end());
-    locks_.clear();
-    for (tsl::mutex* mu : mutexes) locks_.push_back(std::make_unique<tsl::mutex_lock>(*mu));
+    // The locks, each distinct mutex once, in address order (as TF's
+    // MaybeLockVariableInputMutexesInOrder, with fewer lookups and handle
+    // copies). The same sort finds a variable given twice: each variable has
+    // its own mutex. earlier[k]: the first position of vars_[k]'s variable
+    // when that is before k, else -1.
+    std::vector<std::pair<tsl::mutex*, int>> by_mutex;
+    by_mutex.reserve(count);
+    for (size_t k = 0; k < count; ++k) by_mutex.push_back({vars_[k]->mu(), static_cast<int>(k)});
+    sort_by_address(by_mutex, [](const std::pair<tsl::mutex*, int>& x) {
+      return reinterpret_cast<uintptr_t>(x.first);
+    });
+    std::vector<int> earlier(count, -1);
+    locked_.clear();
+    for (size_t begin = 0, end; begin < count; begin = end) {
+      tsl::mutex* mu = by_mutex[begin].first;
+      int first = by_mutex[begin].second;
+      for (end = begin + 1; end < count && by_mutex[end].first == mu; ++end) {
+        first = std::min(first, by_mutex[end].second);
+      }
+      for (size_t k = begin; k < end; ++k) {
+        if (by_mutex[k].second != first) earlier[by_mutex[k].second] = first;
+      }
+      mu->lock();
+      locked_.push_back(mu);
+    }
 
-    // Every check, before any copy-on-write or update.
-    std::unordered_map<const tf::Var*, int> seen;  // variable -> input index
+    // Every check, before any copy-on-write or update, in input order.
     const tf::DataType dtype = tf::DataTypeToEnum<T>::v();
-    size_t position = 0;  // in ids / vars_
+    size_t position = 0;  // in vars_
     for (size_t l = 0; l < var_lists_.size(); ++l) {
       for (int i = ranges_[l].first; i < ranges_[l].second; ++i, ++position) {
         const int k = i - ranges_[l].first;
@@ -129,27 +157,36 @@ class FusedUpdate {
                          tf::errors::InvalidArgument(
                              Label(i), " has shape ", value->shape().DebugString(), " but ",
                              grad_list_, "[", k, "] has shape ", grad.shape().DebugString()));
-        const auto [it, inserted] = seen.emplace(var, i);
-        FUSEDOPT_REQUIRE(inserted, tf::errors::InvalidArgument(
-                                       Label(i), " and ", Label(it->second),
-                                       " are the same variable; each may appear once"));
+        FUSEDOPT_REQUIRE(earlier[position] < 0,
+                         tf::errors::InvalidArgument(
+                             Label(i), " and ", Label(InputOf(earlier[position])),
+                             " are the same variable; each may appear once"));
       }
     }
 
     // Copy-on-write where a reader still holds the old buffer, then collect.
-    variables_.assign(var_lists_.size(), {});
+    variables_.resize(var_lists_.size());
     position = 0;
     for (size_t l = 0; l < var_lists_.size(); ++l) {
+      variables_[l].clear();
+      variables_[l].reserve(static_cast<size_t>(ranges_[l].second - ranges_[l].first));
       for (int i = ranges_[l].first; i < ranges_[l].second; ++i, ++position) {
         tf::Tensor t;
         TF_RETURN_IF_ERROR(WritableTensor(vars_[position].get(), &t));
-        variables_[l].push_back(t);
+        variables_[l].push_back(std::move(t));
       }
     }
     grads_.clear();
+    grads_.reserve(static_cast<size_t>(gstop - gstart));
     for (int i = gstart; i < gstop; ++i) grads_.push_back(ctx_->input(i));
     return absl::OkStatus();
   }
+
+  ~FusedUpdate() {
+    for (auto it = locked_.rbegin(); it != locked_.rend(); ++it) (*it)->unlock();
+  }
+  FusedUpdate(const FusedUpdate&) = delete;
+  FusedUpdate& operator=(const FusedUpdate&) = delete;
 
   // variables()[list][i]: the writable tensor of var_lists[list][i].
   std::vector<std::vector<tf::Tensor>>& variables() { return variables_; }
@@ -184,6 +221,15 @@ class FusedUpdate {
     return absl::OkStatus();
   }
 
+  // The flat input index of position k of vars_ (list by list).
+  int InputOf(int k) const {
+    for (const auto& [start, stop] : ranges_) {
+      if (k < stop - start) return start + k;
+      k -= stop - start;
+    }
+    return -1;
+  }
+
   // "m[2] (variable 'dense/kernel/m')" for flat input index `input`.
   std::string Label(int input) const {
     for (size_t l = 0; l < ranges_.size(); ++l) {
@@ -201,10 +247,10 @@ class FusedUpdate {
   std::vector<std::string> scalars_;
   BufferCopy copy_;
   std::vector<std::pair<int, int>> ranges_;
-  // Declared before locks_ so that the locks are released before the
-  // variables are unreferenced.
+  // Unlocked by the destructor (in reverse order), before the members go and
+  // with them the references that keep the variables (and their mutexes) alive.
   std::vector<tf::core::RefCountPtr<tf::Var>> vars_;
-  std::vector<std::unique_ptr<tsl::mutex_lock>> locks_;
+  std::vector<tsl::mutex*> locked_;
   std::vector<std::vector<tf::Tensor>> variables_;
   std::vector<tf::Tensor> grads_;
 };
@@ -222,12 +268,18 @@ inline absl::Status ScalarInputsShape(tf::shape_inference::InferenceContext* c,
   return absl::OkStatus();
 }
 
-// TF's intra-op thread pool as a ParallelFor: one shard per thread.
+// TF's intra-op thread pool as a ParallelFor: one contiguous shard per thread
+// the work is worth (cpu/parallel.h), none handed to the pool when that is one.
 inline ParallelFor TfParallelFor(tf::OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t n, int64_t /*cost*/, const TaskRange& fn) {
-    const int64_t threads = pool->NumThreads() > 0 ? pool->NumThreads() : 1;
-    const int64_t block = (n + threads - 1) / threads;
+  return [pool](int64_t n, int64_t cost, const TaskRange& fn) {
+    const int64_t shards =
+        std::min<int64_t>(n, useful_threads(n * cost, std::max(1, pool->NumThreads())));
+    if (shards <= 1) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    const int64_t block = (n + shards - 1) / shards;
     pool->ParallelFor(n, tsl::thread::ThreadPool::SchedulingParams::Fixed(block), fn);
   };
 }

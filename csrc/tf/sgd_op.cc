@@ -113,6 +113,10 @@ class FusedoptSgdOp : public tf::OpKernel {
 
     auto& vars = update.variables();
     SgdTensors<kernel_t<T>> t;
+    t.params.reserve(update.grads().size());
+    if (variant_ != SgdVariant::kPlain) t.m.reserve(update.grads().size());
+    t.grads.reserve(update.grads().size());
+    t.sizes.reserve(update.grads().size());
     for (size_t i = 0; i < update.grads().size(); ++i) {
       t.params.push_back(KernelData<T>(vars[0][i]));
       if (variant_ != SgdVariant::kPlain) {

@@ -15,7 +15,9 @@ import warnings
 from fusedopt import _build_config
 
 _LIBRARY_FILE = "_tf_ops.so"
-# XLA kernels for the ops, where the build found XLA's headers (CMakeLists.txt).
+# XLA kernels for the ops, where the build found XLA's headers (CMakeLists.txt):
+# each emits one custom call to fusedopt's XLA FFI handler (csrc/ffi/), which
+# loading the library registers into TensorFlow's XLA (docs/xla.md).
 _XLA_LIBRARY_FILE = "_tf_xla_ops.so"
 
 
@@ -89,9 +91,12 @@ def library():
 
 def _load_xla_kernels(tf) -> bool:
     """Loads the XLA kernels (after the op library: they register against its
-    ops). False, with the reason in xla_error(), where they are not built or
-    do not load; the optimizers then fall back to the stock update inside XLA
-    clusters, which is correct, so this does not warn."""
+    ops), which also registers the FFI handlers they call into TensorFlow's
+    XLA. Loading after an XLA compilation already ran works too (the library
+    then registers its kernels on the XLA devices itself). False, with the
+    reason in xla_error(), where they are not built or do not load; the
+    optimizers then fall back to the stock update inside XLA clusters, which
+    is correct, so this does not warn."""
     path = os.path.join(_library_dir(), _XLA_LIBRARY_FILE)
     if not os.path.exists(path):
         _state["xla_error"] = "this build has no XLA kernels"
@@ -105,8 +110,9 @@ def _load_xla_kernels(tf) -> bool:
 
 
 def xla_kernels() -> bool:
-    """Whether the fused ops have XLA kernels (FusedoptAdam for now), so that
-    they can run inside an XLA cluster (jit_compile=True)."""
+    """Whether the fused ops (FusedoptAdam, FusedoptSgd, FusedoptSquaredNorms,
+    FusedoptClipFactors, FusedoptAllFinite) have XLA kernels, so that they can
+    run inside an XLA cluster (jit_compile=True) on the CPU."""
     return library() is not None and bool(_state.get("xla"))
 
 

@@ -8,7 +8,9 @@ weight_decay, momentum, the transformers' clip thresholds) accepts:
   step, so assigning to the variable changes the next step, in graph mode too,
 - a `keras.optimizers.schedules.LearningRateSchedule`, called with the
   optimizer's iteration count,
-- a zero-argument callable, called at every step.
+- a zero-argument callable, called at every step,
+- a NumPy scalar or 0-d array: converted to a Python float at construction
+  (so that it saves like the number it is).
 
 `check` validates a value at construction (TypeError for a wrong kind,
 ValueError for an out-of-range number) with a message naming the argument and
@@ -65,20 +67,42 @@ def is_variable(value) -> bool:
 
 
 def is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_dynamic(value) -> bool:
+    """Whether a (checked) hyperparameter can change while training runs: a
+    variable, tensor, schedule or callable, as opposed to a number."""
+    return value is not None and not is_number(value)
+
+
+def _as_float(name: str, value: numbers.Real) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a Python int beyond float range
+        raise ValueError(
+            f"{name} must be a number within float range; got an integer of "
+            f"{len(str(abs(int(value))))} digits"
+        ) from None
 
 
 def check(name: str, value, valid: Range, allow_none: bool = False):
-    """Validates one hyperparameter; returns it (ints become floats)."""
+    """Validates one hyperparameter; returns it (numbers, NumPy scalars and 0-d
+    arrays as Python floats)."""
     if value is None:
         if allow_none:
             return None
         raise TypeError(f"{name} must be {FORMS}; got None")
-    if isinstance(value, (str, bytes, bool)):
+    if isinstance(value, (str, bytes, bool, np.bool_)):
         raise TypeError(f"{name} must be {FORMS}; got {type(value).__name__} {value!r}")
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iuf":
+        # A 0-d array is a number: kept as an array it would train, then fail
+        # to save (config entries must be numbers).
+        value = value.item()
     if is_number(value):
-        _check_value(name, float(value), valid)
-        return float(value)
+        x = _as_float(name, value)
+        _check_value(name, x, valid)
+        return x
     if is_variable(value) or tf.is_tensor(value) or isinstance(value, np.ndarray):
         shape = tuple(value.shape)
         if shape != ():
@@ -135,8 +159,7 @@ def serialize(name: str, value):
     if isinstance(value, Schedule):
         return keras.optimizers.schedules.serialize(value)
     if callable(value):
-        registered = keras.saving.get_registered_object(keras.saving.get_registered_name(value))
-        if registered is None:
+        if not is_registered(value):
             raise TypeError(
                 f"Cannot serialize {name}={value!r}: a callable hyperparameter must be "
                 "registered with @keras.saving.register_keras_serializable() to be "
@@ -146,36 +169,16 @@ def serialize(name: str, value):
     raise TypeError(f"Cannot serialize {name}={value!r}")
 
 
+def is_registered(obj) -> bool:
+    """Whether `obj` (a function, or an object of a class) is registered with
+    @keras.saving.register_keras_serializable(), so that it can be saved."""
+    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+    name = keras.saving.get_registered_name(target)
+    return keras.saving.get_registered_object(name) is target
+
+
 def deserialize(value):
     """Inverse of `serialize` for config entries."""
     if isinstance(value, dict):
         return keras.saving.deserialize_keras_object(value)
     return value
-
-
-class VariableRef:
-    """A learning rate that reads a user's variable at every step.
-
-    Stock Keras copies a number into a variable of its own; a variable passed
-    as learning_rate must instead stay linked, so it is wrapped as the
-    zero-argument callable Keras supports. `assign` lets the
-    LearningRateScheduler callback (which sets `optimizer.learning_rate`) write
-    through to the user's variable.
-    """
-
-    def __init__(self, variable):
-        self.variable = variable
-
-    def __call__(self):
-        return self.variable
-
-    def assign(self, value):
-        self.variable.assign(value)
-
-    def get_config(self) -> dict:
-        # Only reached through the stock get_config, whose entry the fusedopt
-        # optimizer replaces with the variable's current value.
-        return {"value": float(np.asarray(self.variable))}
-
-    def __repr__(self) -> str:
-        return f"VariableRef({self.variable!r})"

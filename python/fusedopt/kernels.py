@@ -52,7 +52,7 @@ def adam(
     global_clip_norm: float | None = None,
     skip_nonfinite: bool = False,
     stream=None,
-) -> bool:
+) -> bool | None:
     """Multi-tensor Adam/AdamW step with Keras semantics, in place.
 
     For every element of every ``params[i]`` (with ``t = step``, counted from 1)::
@@ -83,10 +83,12 @@ def adam(
         ``c / max(||grads[i]||, c)``; ``global_clip_norm=c`` scales all by
         ``c / max(global_norm(grads), c)`` (NaN if that norm is not finite,
         as in Keras). The norms take one extra read of the gradients.
-        NumPy arrays only, for now.
       skip_nonfinite: if True and any element of any gradient is Inf or
         NaN, nothing is written and the call returns False (one extra
-        multi-threaded read of the gradients first). NumPy arrays only.
+        multi-threaded read of the gradients first). With clip_norm or
+        global_clip_norm the norms decide (a float64 norm that overflows
+        with finite elements falls back to the element check). On CUDA
+        arrays the check runs on the device and the call returns None.
       stream: CUDA arrays only: the stream to run on, as a
         ``torch.cuda.Stream``, ``cupy.cuda.Stream``, an object with
         ``__cuda_stream__``, or a ``cudaStream_t`` handle as int; None is the
@@ -103,7 +105,8 @@ def adam(
     graph. Device values are not range-checked.
 
     Returns:
-      True if the step was applied, False if skip_nonfinite skipped it.
+      True if the step was applied, False if skip_nonfinite skipped it;
+      None for CUDA arrays with skip_nonfinite (the outcome is on the device).
     """
     return _C.adam(
         params, grads, m, v,
@@ -126,7 +129,8 @@ def sgd(
     clip_norm: float | None = None,
     global_clip_norm: float | None = None,
     skip_nonfinite: bool = False,
-) -> bool:
+    stream=None,
+) -> bool | None:
     """Multi-tensor SGD step (plain, momentum or Nesterov) with Keras semantics,
     in place.
 
@@ -166,35 +170,54 @@ def sgd(
         as in Keras). The norms take one extra read of the gradients.
       skip_nonfinite: if True and any element of any gradient is Inf or
         NaN, nothing is written and the call returns False (one extra
-        multi-threaded read of the gradients first). NumPy arrays only.
+        multi-threaded read of the gradients first; as in ``adam``). On
+        CUDA arrays the check runs on the device and the call returns None.
+      stream: CUDA arrays only, as in ``adam``.
+
+    CUDA arrays may also be float16 or bfloat16 ``params`` and ``grads`` with
+    float32 ``momentums``, and ``lr``, ``momentum``, ``weight_decay`` one-element
+    float32/float64 CUDA arrays read by the kernel (not range-checked).
 
     Returns:
-      True if the step was applied, False if skip_nonfinite skipped it.
+      True if the step was applied, False if skip_nonfinite skipped it;
+      None for CUDA arrays with skip_nonfinite.
     """
     return _C.sgd(
         params, grads, momentums,
         lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
         clip_value=clip_value, clip_norm=clip_norm, global_clip_norm=global_clip_norm,
-        skip_nonfinite=skip_nonfinite,
+        skip_nonfinite=skip_nonfinite, stream=stream,
     )
 
 
-def global_norm(arrays: Sequence[np.ndarray]) -> float:
+def global_norm(arrays: Sequence[np.ndarray], *, out=None, stream=None) -> float | None:
     """sqrt of the sum of squares of every element of every array.
 
     One multi-threaded pass, accumulated in float64 in a fixed order: the same
     inputs give the same result whatever the thread count or CPU. ``arrays``
     is a list (or tuple) of C-contiguous float32 or float64 NumPy arrays of one
     dtype; an empty list gives 0.0.
+
+    CUDA arrays (float16 and bfloat16 too): a deterministic two-stage
+    reduction on the device (its own fixed order: the same bits on every run,
+    within float64 rounding of the CPU's). Without ``out`` the call waits for
+    ``stream`` and returns the float; with ``out`` (a one-element float32 or
+    float64 CUDA array) the norm is written there and the call returns None
+    without waiting.
     """
-    return _C.global_norm(arrays)
+    return _C.global_norm(arrays, out=out, stream=stream)
 
 
-def all_finite(arrays: Sequence[np.ndarray]) -> bool:
+def all_finite(arrays: Sequence[np.ndarray], *, out=None, stream=None) -> bool | None:
     """True if no element of any array is Inf or NaN.
 
     One multi-threaded pass over the bit patterns (the check behind
     ``skip_nonfinite``). ``arrays`` is a list (or tuple) of C-contiguous
     float32 or float64 NumPy arrays of one dtype; an empty list gives True.
+
+    CUDA arrays (float16 and bfloat16 too): without ``out`` the call waits
+    for ``stream`` and returns the bool; with ``out`` (a one-element bool or
+    uint8 CUDA array) 1 or 0 is written there and the call returns None
+    without waiting.
     """
-    return _C.all_finite(arrays)
+    return _C.all_finite(arrays, out=out, stream=stream)

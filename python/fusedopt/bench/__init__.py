@@ -9,5 +9,8 @@ Run ``fusedopt-bench --help`` (or ``python -m fusedopt.bench``). Modules:
 - ``floor``: the streaming-bandwidth floor and cache eviction;
 - ``timing``: warm-up, samples, rotating buffers;
 - ``report`` and ``plot``: statistics, the table, JSON, CSV and PNG;
+- ``fit``: ``--fit``, real ``model.fit`` with fusedopt against the stock
+  optimizer (per-step times, the optimizer's share, the weights compared);
+- ``args``: the argument checks of the command lines;
 - ``cli``: the command line.
 """

@@ -105,18 +105,52 @@ def require_stock_arguments(spec: OptimizerSpec, baseline: str) -> None:
 # -------------------------------------------------------------------- shapes
 
 
+def _dense_layer_norm_model() -> tuple[tuple[int, ...], ...]:
+    """The variables of 100 x [Dense(64), LayerNormalization] on 64 inputs,
+    then Dense(10): 402 variables, most of them small (the kernels are 64 x 64,
+    the biases, scales and offsets 64 each)."""
+    block = ((64, 64), (64,), (64,), (64,))
+    return block * 100 + ((64, 10), (10,))
+
+
+# Named shape lists of real models' variables, usable in --shapes beside NxSIZE.
+MODEL_SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "ln402": _dense_layer_norm_model(),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """``n_tensors`` tensors of ``tensor_size`` elements each."""
+    """``n_tensors`` tensors of ``tensor_size`` elements each, or the
+    variables of a model in ``MODEL_SHAPES`` (then ``tensor_size`` is their
+    mean size)."""
 
     n_tensors: int
     tensor_size: int
+    model: str | None = None
+
+    @classmethod
+    def of_model(cls, name: str) -> "Shape":
+        shapes = MODEL_SHAPES[name]
+        total = sum(int(np.prod(s)) for s in shapes)
+        return cls(len(shapes), total // len(shapes), name)
+
+    @property
+    def tensor_shapes(self) -> list[tuple[int, ...]]:
+        """The shape of every tensor."""
+        if self.model is not None:
+            return list(MODEL_SHAPES[self.model])
+        return [(self.tensor_size,)] * self.n_tensors
 
     @property
     def params(self) -> int:
+        if self.model is not None:
+            return sum(int(np.prod(s)) for s in MODEL_SHAPES[self.model])
         return self.n_tensors * self.tensor_size
 
     def __str__(self) -> str:
+        if self.model is not None:
+            return self.model
         return f"{self.n_tensors}x{format_count(self.tensor_size)}"
 
 
@@ -138,14 +172,19 @@ def parse_count(text: str) -> int:
 
 
 def parse_shapes(text: str) -> list[Shape]:
-    """'20x1M,300x256' -> [Shape(20, 1048576), Shape(300, 256)]."""
+    """'20x1M,300x256' -> [Shape(20, 1048576), Shape(300, 256)]; a name of
+    MODEL_SHAPES ('ln402') -> that model's variables."""
     shapes = []
     for item in text.split(","):
         if not item.strip():
             continue
+        if item.strip().lower() in MODEL_SHAPES:
+            shapes.append(Shape.of_model(item.strip().lower()))
+            continue
         parts = item.lower().split("x")
         if len(parts) != 2:
-            raise ValueError(f"not a shape: {item!r} (expected NxSIZE, e.g. 20x1M)")
+            raise ValueError(f"not a shape: {item!r} (expected NxSIZE, e.g. 20x1M, or one of "
+                             f"{', '.join(MODEL_SHAPES)})")
         shape = Shape(parse_count(parts[0]), parse_count(parts[1]))
         if shape.n_tensors < 1 or shape.tensor_size < 1:
             raise ValueError(f"empty shape: {item!r}")
@@ -275,7 +314,8 @@ class Case:
         return self.params * self.optimizer.footprint_per_param(self.dtype)
 
 
-def random_normal(rng: np.random.Generator, size: int, dtype: str, scale: float = 1.0):
+def random_normal(rng: np.random.Generator, size: int | tuple[int, ...], dtype: str,
+                  scale: float = 1.0):
     """Normal(0, scale²) samples of ``dtype`` (never zeros: zeros can run faster)."""
     native = dtype if dtype in ("float32", "float64") else "float32"
     out = rng.standard_normal(size, dtype=native)

@@ -8,6 +8,8 @@ Usage examples::
     fusedopt-bench --shapes 64x16K --optimizers adam,sgd --dtypes float32,float64
     fusedopt-bench --list                        # the cases, without running them
     fusedopt-bench --quick --steps-per-call 20   # TF cases: 20 steps per tf.function call
+    fusedopt-bench --fit --quick                 # real model.fit: fusedopt vs stock Keras
+    fusedopt-bench --fit --out bench/results     # every --fit model and mode
 
 See bench/README.md for what each column means.
 """
@@ -22,6 +24,8 @@ import os
 import sys
 import time
 
+from fusedopt.bench import args as checks
+from fusedopt.bench import fit
 from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import machine, report, targets
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
@@ -82,15 +86,15 @@ QUICK = Preset(
 )
 
 
-def _csv_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _impls_help() -> str:
+    others = [n for n, i in IMPLEMENTATIONS.items() if not i.default]
+    full = "all" + (f" but {', '.join(others)}" if others else "")
+    return (f"implementations to run, comma-separated, from: {', '.join(IMPLEMENTATIONS)} "
+            f"(--list says what each one times); default: the preset's (--quick: "
+            f"{', '.join(QUICK.impls)}; --gpu: {', '.join(GPU.impls)}; otherwise {full})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,35 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--filter", action="append", default=[], metavar="PATTERN",
                         help="run only cases whose name contains PATTERN, or matches it as "
                         "a glob if it has * ? [ (repeatable: any match)")
-    parser.add_argument("--shapes", type=parse_shapes, metavar="NxSIZE,...",
+    parser.add_argument("--fit", action="store_true",
+                        help="train small real Keras models with model.fit instead, fusedopt "
+                        "against the stock optimizer, in alternating rounds: per-step times, "
+                        "the optimizer's share of the step, and a check that the trained "
+                        "weights match (with --quick: a subset within about a minute)")
+    parser.add_argument("--shapes", type=checks.shapes, metavar="NxSIZE,...",
                         help="grid of tensor counts x sizes, e.g. 20x1M,300x256")
-    parser.add_argument("--optimizers", type=_csv_list, metavar="NAME,...",
-                        help=f"optimizers ({', '.join(OPTIMIZERS)})")
-    parser.add_argument("--dtypes", type=_csv_list, metavar="DTYPE,...",
-                        help="dtypes, e.g. float32,float64")
-    parser.add_argument("--impls", type=_csv_list, metavar="NAME,...",
-                        help=f"implementations ({', '.join(IMPLEMENTATIONS)}); default: "
-                        "all but " + ", ".join(n for n, i in IMPLEMENTATIONS.items()
-                                               if not i.default))
-    parser.add_argument("--repeats", type=int, help="timed samples per case")
-    parser.add_argument("--warmup", type=int, help="untimed calls per case before timing")
-    parser.add_argument("--max-case-seconds", type=float,
-                        help="stop sampling a case after this long (at least 3 samples)")
+    parser.add_argument("--optimizers", type=checks.names_from(lambda: OPTIMIZERS, "optimizer"),
+                        metavar="NAME,...",
+                        help=f"optimizers, comma-separated, from: {', '.join(OPTIMIZERS)} "
+                        f"(with --fit: {', '.join(fit.fit_optimizers())}); default: the "
+                        "preset's")
+    parser.add_argument("--dtypes", type=checks.names_from(lambda: DTYPES, "dtype"),
+                        metavar="DTYPE,...",
+                        help=f"dtypes, comma-separated, from: {', '.join(DTYPES)} (--fit: "
+                        "float32 only); default: the preset's")
+    parser.add_argument("--impls", type=checks.names_from(lambda: IMPLEMENTATIONS,
+                                                          "implementation"),
+                        metavar="NAME,...", help=_impls_help())
+    parser.add_argument("--repeats", type=checks.int_at_least(1), metavar="N",
+                        help="timed samples per case (--fit: timed rounds per model)")
+    parser.add_argument("--warmup", type=checks.int_at_least(0), metavar="N",
+                        help="untimed calls per case before timing (--fit: untimed rounds; "
+                        "the first call is never timed)")
+    parser.add_argument("--max-case-seconds", type=checks.positive_seconds, metavar="S",
+                        help="stop sampling a case after this long (at least 3 samples; "
+                        "--fit: per model group, at least 3 rounds)")
+    parser.add_argument("--calls-per-round", type=checks.int_at_least(2), metavar="N",
+                        help="--fit only: train-function calls per model.fit round (the "
+                        "first one of each round is not timed; default: the preset's)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="no rotating buffers or cache eviction: time repeated steps on "
                         "one copy of the tensors (small cases then run from the cache)")
-    parser.add_argument("--steps-per-call", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--steps-per-call", type=checks.int_at_least(1), metavar="N",
                         help="TF cases run N optimizer steps in a tf.range loop inside one "
                         "tf.function call and report the call time / N, as model.fit's "
                         "steps_per_execution does: the per-call cost of passing every "
                         "captured tensor is paid once per N steps (default 1; the other "
-                        "cases run one step per call)")
+                        "cases run one step per call). With --fit: the steps_per_execution "
+                        "of every model (default: the preset's, 1 or 20)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--out", metavar="DIR",
                         help="write PREFIX.json, PREFIX.csv and PREFIX.png into DIR")
-    parser.add_argument("--name", metavar="PREFIX",
+    parser.add_argument("--name", metavar="PREFIX", type=checks.file_prefix,
                         help="file name prefix for --out (default: cpu-YYYY-MM-DD, or "
-                        "cuda-YYYY-MM-DD when GPU cases ran)")
+                        "cuda-YYYY-MM-DD when GPU cases ran, fit-cpu-YYYY-MM-DD with --fit)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--show", metavar="FILE.json",
                         help="print the tables of a saved run and exit (runs nothing)")
@@ -163,20 +184,11 @@ def select_cases(args, preset: Preset):
         grid = list(preset.grid)
     if args.shapes:
         grid = [(o, d, args.shapes) for o, d, _ in grid]
-    for name, dtype, _ in grid:
-        if name not in OPTIMIZERS:
-            raise SystemExit(f"fusedopt-bench: unknown optimizer {name!r} "
-                             f"(known: {', '.join(OPTIMIZERS)})")
-        if dtype not in ("float16", "bfloat16", "float32", "float64"):
-            raise SystemExit(f"fusedopt-bench: unsupported dtype {dtype!r}")
+    # The names were checked when the arguments were parsed (checks.names_from).
     impls = (args.impls or preset.impls
              or [n for n, i in IMPLEMENTATIONS.items() if i.default])
-    for name in impls:
-        if name not in IMPLEMENTATIONS:
-            raise SystemExit(f"fusedopt-bench: unknown implementation {name!r} "
-                             f"(known: {', '.join(IMPLEMENTATIONS)})")
     cases = [case for o, d, shapes in grid for case in make_cases([(o, d)], shapes, impls)]
-    n = getattr(args, "steps_per_call", 1)
+    n = getattr(args, "steps_per_call", None) or 1
     return [dataclasses.replace(c, steps_per_call=n) if n != 1 else c
             for c in cases if matches(c.name, args.filter)]
 
@@ -256,17 +268,14 @@ def _evictor(device: str, llc: int):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.show:
-        with open(args.show) as f:
-            saved = json.load(f)
-        show = report.markdown if args.markdown else report.print_report
-        text = show(saved["cases"], saved["floor"])
-        if text:
-            print(text)
-        for line in targets.lines(saved.get("targets", [])):
-            print(line)
-        return 0
+        return show(parser, args.show, args.markdown)
+    if args.fit:
+        return main_fit(parser, args, argv)
+    if args.calls_per_round is not None:
+        parser.error("argument --calls-per-round: only with --fit")
     preset = QUICK if args.quick else GPU if args.gpu else FULL
     settings = dataclasses.replace(
         preset.settings,
@@ -285,6 +294,8 @@ def main(argv=None) -> int:
     if not cases:
         print("fusedopt-bench: no case matches the filters (see --list)", file=sys.stderr)
         return 2
+    if args.out:  # the last check, and the first write: nothing has run yet
+        checks.prepare_out(parser, args.out, files=_out_files(args, ("json", "csv", "png")))
 
     _keep_tensorflow_off_the_gpu()
     import fusedopt
@@ -296,7 +307,7 @@ def main(argv=None) -> int:
         "command": ["fusedopt-bench", *(sys.argv[1:] if argv is None else argv)],
         "settings": {**dataclasses.asdict(settings), "quick": args.quick,
                      "warm_cache": args.warm_cache, "filter": args.filter,
-                     "steps_per_call": args.steps_per_call,
+                     "steps_per_call": args.steps_per_call or 1,
                      "cases_selected": len(cases)},
         "machine": machine.machine_info(),
         "versions": machine.versions(),
@@ -368,7 +379,6 @@ def main(argv=None) -> int:
 
 def write_outputs(args, document: dict, records: list[dict]) -> None:
     """PREFIX.json, PREFIX.csv and (with matplotlib) PREFIX.png in args.out."""
-    os.makedirs(args.out, exist_ok=True)
     ran_cuda = any(r["device"] == "cuda" and r["status"] == "ok" for r in records)
     prefix = args.name or f"{'cuda' if ran_cuda else 'cpu'}-{datetime.date.today().isoformat()}"
     base = os.path.join(args.out, prefix)
@@ -386,3 +396,139 @@ def write_outputs(args, document: dict, records: list[dict]) -> None:
                   file=sys.stderr)
     print("wrote " + ", ".join(written))
 
+
+
+def _out_files(args, suffixes, prefixes=None) -> list[str]:
+    """The file names a run may write into --out."""
+    today = datetime.date.today().isoformat()
+    prefixes = [args.name] if args.name else (prefixes or [f"cpu-{today}", f"cuda-{today}"])
+    return [f"{p}.{s}" for p in prefixes for s in suffixes]
+
+
+def show(parser, path: str, as_markdown: bool) -> int:
+    """Prints the tables of a saved run (kernel bench or --fit); a file that is
+    missing or not such a run is argparse's one-line error."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except OSError as e:
+        parser.error(f"argument --show: cannot read {path!r}: {e.strerror or e}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        parser.error(f"argument --show: {path!r} is not JSON: {e}")
+    schema = saved.get("schema") if isinstance(saved, dict) else None
+    if schema not in (report.SCHEMA, fit.SCHEMA):
+        parser.error(f"argument --show: {path!r} is not a fusedopt-bench result (schema "
+                     f"{schema!r}, expected {report.SCHEMA!r} or {fit.SCHEMA!r})")
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    try:  # render everything first: a broken record prints nothing but the error
+        with console.capture() as captured:
+            if schema == fit.SCHEMA:
+                rows = saved["rows"]
+                if as_markdown:
+                    console.print(fit.markdown(rows), markup=False, highlight=False, soft_wrap=True)
+                else:
+                    fit.print_report(rows, console)
+                lines = fit.problem_lines(rows)
+            else:
+                if as_markdown:
+                    console.print(report.markdown(saved["cases"], saved["floor"]),
+                                  markup=False, highlight=False, soft_wrap=True)
+                else:
+                    report.print_report(saved["cases"], saved["floor"], console)
+                lines = targets.lines(saved.get("targets", []))
+            for line in lines:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        parser.error(f"argument --show: {path!r} is not a complete {schema} result "
+                     f"({type(e).__name__}: {e})")
+    sys.stdout.write(captured.get())
+    return 0
+
+
+def main_fit(parser, args, argv) -> int:
+    """``--fit``: real model.fit, fusedopt against stock Keras (fit.py)."""
+    for option, given in (("--gpu", args.gpu), ("--shapes", args.shapes),
+                          ("--impls", args.impls), ("--warm-cache", args.warm_cache)):
+        if given:
+            parser.error(f"argument {option}: not allowed with --fit (it trains whole "
+                         "models on the CPU, fusedopt against the stock optimizer)")
+    if args.dtypes and set(args.dtypes) != {"float32"}:
+        parser.error("argument --dtypes: --fit trains float32 models only")
+    valid = fit.fit_optimizers()
+    unfit = [o for o in args.optimizers or () if o not in valid]
+    if unfit:
+        parser.error(f"argument --optimizers: {', '.join(unfit)} has options the stock Keras "
+                     f"optimizer lacks, so --fit has nothing to train against (valid with "
+                     f"--fit: {', '.join(valid)})")
+    preset = fit.QUICK if args.quick else fit.FULL
+    settings = dataclasses.replace(
+        preset.settings,
+        **{k: v for k, v in (("rounds", args.repeats), ("warmup", args.warmup),
+                             ("max_seconds", args.max_case_seconds),
+                             ("calls_per_round", args.calls_per_round)) if v is not None})
+    groups = fit.select_groups(preset, args.optimizers, args.steps_per_call, args.filter)
+    if args.list:
+        for group in groups:
+            for name in group.row_names():
+                print(name)
+        print(f"\n{sum(len(g.optimizers) for g in groups)} rows. Models:")
+        for name in dict.fromkeys(g.model for g in groups):
+            print(f"  {name:15} {fit.MODELS[name].description}")
+        return 0
+    if not groups:
+        print("fusedopt-bench: no --fit row matches the filters (see --fit --list)",
+              file=sys.stderr)
+        return 2
+    today = datetime.date.today().isoformat()
+    if args.out:
+        checks.prepare_out(parser, args.out,
+                           files=_out_files(args, ("json", "csv"), [f"fit-cpu-{today}"]))
+
+    _keep_tensorflow_off_the_gpu()
+    import keras
+
+    import fusedopt
+
+    started, cpu_started = time.time(), time.process_time()
+    document = {
+        "schema": fit.SCHEMA,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": ["fusedopt-bench", *(sys.argv[1:] if argv is None else argv)],
+        "settings": {**dataclasses.asdict(settings), "quick": args.quick,
+                     "filter": args.filter, "optimizers": args.optimizers,
+                     "steps_per_execution": args.steps_per_call,
+                     "rows_selected": sum(len(g.optimizers) for g in groups)},
+        "keras_backend": keras.backend.backend(),
+        "machine": machine.machine_info(),
+        "versions": machine.versions(),
+        "build_info": fusedopt.build_info(),
+    }
+    records = []
+    with _Progress(sum(len(g.optimizers) for g in groups)) as progress:
+        for group in groups:
+            records += fit.run_group(group, settings, progress)
+    notes = fit.problem_lines(records)
+    document.update(rows=records, notes=notes, wall_s=time.time() - started,
+                    cpu_s=time.process_time() - cpu_started)
+    document["machine"]["loadavg_end"] = (list(os.getloadavg())
+                                          if hasattr(os, "getloadavg") else None)
+
+    if args.markdown:
+        print(fit.markdown(records))
+    else:
+        fit.print_report(records)
+    for note in notes:
+        print(note)
+    print(f"{sum(r['status'] == 'ok' for r in records)} of {len(records)} rows ran in "
+          f"{document['wall_s']:.0f} s ({document['cpu_s']:.0f} s of CPU); load average "
+          f"{_loadavg_text(document['machine']['loadavg'])} at the start, "
+          f"{_loadavg_text(document['machine']['loadavg_end'])} at the end.")
+    if args.out:
+        base = os.path.join(args.out, args.name or f"fit-cpu-{today}")
+        report.write_json(base + ".json", document)
+        fit.write_csv(base + ".csv", records)
+        print(f"wrote {base}.json, {base}.csv")
+    failed = any(r["status"] != "ok" or r.get("weights_match") is False for r in records)
+    return 1 if failed else 0

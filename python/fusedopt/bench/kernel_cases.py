@@ -79,10 +79,10 @@ def _rotating_steps(call, copies_of_arrays):
 
 def _numpy_arrays(case: Case, n_state: int, rng):
     """(params, grads, *state) lists of random (non-zero) NumPy arrays."""
-    n, size, dtype = case.shape.n_tensors, case.shape.tensor_size, case.dtype
+    shapes, dtype = case.shape.tensor_shapes, case.dtype
 
     def normal(scale=1.0):
-        return [random_normal(rng, size, dtype, scale) for _ in range(n)]
+        return [random_normal(rng, s, dtype, scale) for s in shapes]
 
     state = [normal(1e-2)]  # first moment / momentum
     if n_state == 2:
@@ -141,11 +141,10 @@ def _torch_runner(torch, case: Case, copies: int, device: str, **flags) -> Runne
     steps = []
     for _ in range(copies):
         params = []
-        for _ in range(case.shape.n_tensors):
-            p = torch.nn.Parameter(torch.randn(case.shape.tensor_size, generator=gen,
-                                               device=device, dtype=dtype))
-            p.grad = torch.randn(case.shape.tensor_size, generator=gen, device=device,
-                                 dtype=dtype) * 1e-2
+        for shape in case.shape.tensor_shapes:
+            p = torch.nn.Parameter(torch.randn(shape, generator=gen, device=device,
+                                               dtype=dtype))
+            p.grad = torch.randn(shape, generator=gen, device=device, dtype=dtype) * 1e-2
             params.append(p)
         opt = _torch_optimizer(torch, case, params, **flags)
 
@@ -201,19 +200,19 @@ def _cuda_array_module():
 
 def _device_arrays(name: str, xp, case: Case, n_state: int, seed: int):
     """Like ``_numpy_arrays``, generated on the GPU (1B parameters are too many for NumPy)."""
-    n, size = case.shape.n_tensors, case.shape.tensor_size
+    shapes = case.shape.tensor_shapes
     if name == "torch":
         gen = xp.Generator(device="cuda").manual_seed(seed)
         dtype = getattr(xp, case.dtype)
 
         def normal(scale):
-            return [xp.randn(size, generator=gen, device="cuda", dtype=dtype).mul_(scale)
-                    for _ in range(n)]
+            return [xp.randn(s, generator=gen, device="cuda", dtype=dtype).mul_(scale)
+                    for s in shapes]
     else:
         rs = xp.random.RandomState(seed)
 
         def normal(scale):
-            return [rs.standard_normal(size, dtype=case.dtype) * scale for _ in range(n)]
+            return [rs.standard_normal(s, dtype=case.dtype) * scale for s in shapes]
 
     state = [normal(1e-2)]
     if n_state == 2:

@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 
+from fusedopt.bench import args as checks
 from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
@@ -108,14 +109,19 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
     }
 
 
-def _parse_pair(text: str) -> tuple[str, str]:
+def _parse_pair(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """A:B, each side OPTIMIZER or OPTIMIZER@IMPL (the implementation, else --impl)."""
     a, sep, b = text.partition(":")
-    for name in (a, b):
-        if not sep or name not in OPTIMIZERS:
+    sides = []
+    for side in (a, b):
+        name, _, impl = side.partition("@")
+        if not sep or name not in OPTIMIZERS or (impl and impl not in IMPLEMENTATIONS):
             raise argparse.ArgumentTypeError(
-                f"--pair expects OPTIMIZER:OPTIMIZER with names from {sorted(OPTIMIZERS)}, "
+                f"--pair expects OPTIMIZER[@IMPL]:OPTIMIZER[@IMPL] with optimizers from "
+                f"{sorted(OPTIMIZERS)} and implementations from {sorted(IMPLEMENTATIONS)}, "
                 f"got {text!r}")
-    return a, b
+        sides.append((name, impl or None))
+    return sides[0], sides[1]
 
 
 def main(argv=None) -> int:
@@ -124,30 +130,38 @@ def main(argv=None) -> int:
         description="The ratio of two optimizer cases timed in turns (A B B A ...), from a "
                     "cold cache, on the CPU.")
     parser.add_argument("--pair", action="append", type=_parse_pair, required=True,
-                        metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam "
+                        metavar="A:B", help="optimizers to compare, e.g. adam-skipnf:adam, "
+                        "each optionally @IMPL, e.g. adam@fusedopt-xla:adam@keras-xla "
                         "(repeatable)")
-    parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes("20x1M,300x256"),
+    parser.add_argument("--shapes", type=checks.shapes, default=parse_shapes("20x1M,300x256"),
                         metavar="NxSIZE,...")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32",
+                        choices=("float16", "bfloat16", "float32", "float64"))
     parser.add_argument("--impl", default="fusedopt", help="a CPU implementation (default "
                         "fusedopt)")
-    parser.add_argument("--samples", type=int, default=40, help="samples of each case per pair")
-    parser.add_argument("--out", help="directory for NAME.json")
-    parser.add_argument("--name", default=f"paired-cpu-{datetime.date.today().isoformat()}")
+    parser.add_argument("--samples", type=checks.int_at_least(3), default=40,
+                        help="samples of each case per pair (at least 3)")
+    parser.add_argument("--out", help="directory for NAME.json (created if missing)")
+    parser.add_argument("--name", type=checks.file_prefix,
+                        default=f"paired-cpu-{datetime.date.today().isoformat()}")
     args = parser.parse_args(argv)
-    impl = IMPLEMENTATIONS.get(args.impl)
-    if impl is None or impl.device != "cpu":
-        parser.error(f"--impl must be a CPU implementation, one of "
-                     f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}")
-    if args.samples < 3:
-        parser.error("--samples must be at least 3")
+    for name in [args.impl] + [i for pair in args.pair for _, i in pair if i]:
+        impl = IMPLEMENTATIONS.get(name)
+        if impl is None or impl.device != "cpu":
+            parser.error(f"implementations must be CPU ones, one of "
+                         f"{sorted(n for n, i in IMPLEMENTATIONS.items() if i.device == 'cpu')}"
+                         f", got {name!r}")
+    if args.out:  # the last check, before anything runs
+        checks.prepare_out(parser, args.out, files=[args.name + ".json"])
 
     evictor = floor_mod.Evictor(floor_mod.llc_bytes())
     results = []
-    for a_name, b_name in args.pair:
+    for (a_name, a_impl), (b_name, b_impl) in args.pair:
         for shape in args.shapes:
-            a = Case(OPTIMIZERS[a_name], args.dtype, shape, impl)
-            b = Case(OPTIMIZERS[b_name], args.dtype, shape, impl)
+            a = Case(OPTIMIZERS[a_name], args.dtype, shape,
+                     IMPLEMENTATIONS[a_impl or args.impl])
+            b = Case(OPTIMIZERS[b_name], args.dtype, shape,
+                     IMPLEMENTATIONS[b_impl or args.impl])
             try:
                 r = measure_pair(a, b, args.samples, evictor)
             except Skip as e:
@@ -161,7 +175,6 @@ def main(argv=None) -> int:
                   f"{ab['median_a_s'] * 1e3:.3g} ms vs {ab['median_b_s'] * 1e3:.3g} ms, "
                   f"{args.samples} pairs each, cache {ab['cache']})", flush=True)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, args.name + ".json")
         with open(path, "w") as f:
             json.dump({"schema": "fusedopt-bench-paired/1",

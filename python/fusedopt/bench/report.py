@@ -275,34 +275,48 @@ def not_run_summary(records: list[dict]) -> list[str]:
 
 def markdown(records: list[dict], floors: dict) -> str:
     """The same tables in Markdown (for READMEs)."""
+    lines = [markdown_tables(table_sections(records, floors), drop=("note",))]
+    lines += [f"- {line}" for line in not_run_summary(records)]
+    return "\n".join(lines)
+
+
+def markdown_tables(sections, drop=(), left=2) -> str:
+    """Markdown for (title, header, rows, styles) sections, without the
+    columns named in ``drop``; the first ``left`` columns left-aligned."""
     lines = []
-    for title, header, rows, _ in table_sections(records, floors):
-        keep = [i for i, name in enumerate(header) if name != "note"]
+    for title, header, rows, _ in sections:
+        keep = [i for i, name in enumerate(header) if name not in drop]
         lines += [f"**{title}**", "",
                   "| " + " | ".join(header[i] for i in keep) + " |",
-                  "|" + "|".join("---" if i < 2 else "---:" for i in keep) + "|"]
+                  "|" + "|".join("---" if i < left else "---:" for i in keep) + "|"]
         lines += ["| " + " | ".join(str(row[i]) for i in keep) + " |" for row in rows]
         lines.append("")
-    lines += [f"- {line}" for line in not_run_summary(records)]
     return "\n".join(lines)
 
 
 def print_report(records: list[dict], floors: dict, console=None) -> None:
     """The tables on stdout with rich (a dependency of Keras, so always there)."""
+    console = print_tables(table_sections(records, floors), console)
+    for line in not_run_summary(records):
+        console.print(line, style="yellow" if line.startswith("skipped") else "red",
+                      highlight=False)
+
+
+def print_tables(sections, console=None, left=2):
+    """Rich tables for (title, header, rows, styles) sections, the first
+    ``left`` columns and the note left-justified; returns the console."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console(width=None if _is_terminal() else 200)
-    for title, header, rows, styles in table_sections(records, floors):
+    for title, header, rows, styles in sections:
         table = Table(title=title, title_justify="left")
         for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i in (0, 1) or name == "note" else "right")
+            table.add_column(name, justify="left" if i < left or name == "note" else "right")
         for row, style in zip(rows, styles, strict=True):
             table.add_row(*row, style=style)
         console.print(table)
-    for line in not_run_summary(records):
-        console.print(line, style="yellow" if line.startswith("skipped") else "red",
-                      highlight=False)
+    return console
 
 
 def _is_terminal() -> bool:

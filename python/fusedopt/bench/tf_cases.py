@@ -8,9 +8,9 @@ over every variable, as a training loop would run it:
 - ``keras-xla``: the same with ``tf.function(jit_compile=True)``;
 - ``fusedopt-xla``: fusedopt in ``tf.function(jit_compile=True)``, next to
   ``keras-xla``: what a user who compiles the train step gets. The fused ops'
-  XLA kernels (where the build has them; note ``fused N/N``) are compiled by
-  XLA from the same element-wise ops as the stock update; without them the
-  stock per-variable update runs inside the cluster (note
+  XLA kernels (where the build has them; note ``fused N/N``) emit one custom
+  call to the fused CPU kernel, run on XLA's thread pool (docs/xla.md);
+  without them the stock per-variable update runs inside the cluster (note
   ``fallback (N): inside an XLA cluster``);
 - ``tf-raw``: TensorFlow's own per-variable training ops
   (``tf.raw_ops.ResourceApplyAdam`` / ``ResourceApplyKerasMomentum``), one call
@@ -55,9 +55,9 @@ def _tf():
 def _random_arrays(case: Case, seed: int):
     """Parameters ~ N(0, 1) and gradients ~ N(0, 0.01²), never zeros."""
     rng = np.random.default_rng(seed)
-    size, dtype, n = case.shape.tensor_size, case.dtype, case.shape.n_tensors
-    params = [random_normal(rng, size, dtype) for _ in range(n)]
-    grads = [random_normal(rng, size, dtype, 1e-2) for _ in range(n)]
+    shapes, dtype = case.shape.tensor_shapes, case.dtype
+    params = [random_normal(rng, s, dtype) for s in shapes]
+    grads = [random_normal(rng, s, dtype, 1e-2) for s in shapes]
     return params, grads
 
 

@@ -1,22 +1,29 @@
 """The argument structure every fusedopt optimizer shares.
 
-Three parts (see the README's "Argument structure" section):
+Three parts (see the README's "Argument structure" section and
+docs/argument-structure.md):
 
-1. Hyperparameters: each accepts a number, a 0-d tensor or variable, a
-   LearningRateSchedule or a zero-argument callable, is validated at
-   construction and evaluated at every step (`fusedopt.hyperparameters`).
+1. Hyperparameters: each accepts a number, a NumPy scalar, a 0-d tensor or
+   variable, a LearningRateSchedule or a zero-argument callable, is validated
+   at construction and evaluated at every step (`fusedopt.hyperparameters`).
+   Where the stock class refuses an argument, so does fusedopt, with the stock
+   exception and message (`_argument_error`).
 2. Gradient transformers: ``gradient_transformers=[f, ...]``, callables on
    lists of (grad, var) pairs, applied in order and checked after each.
 3. State: ``get_slot_names()`` / ``get_slot(var, name)`` over the stock slot
    variables.
 
-This mixin sits before the stock Keras class in the MRO; it never changes the
-optimizer variables, so checkpoints stay interchangeable with stock Keras.
+This mixin sits before the stock Keras class in the MRO. The optimizer
+variables are those of the stock class given the numbers, whatever the form
+of the hyperparameters (a learning-rate variable takes the place of the stock
+one; no other hyperparameter is optimizer state), so files and checkpoints
+interchange between the forms and with stock Keras.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import keras
 import tensorflow as tf
@@ -47,6 +54,17 @@ class _Hyperparameter:
         if valid is not None:
             value = hp.check(self.name, value, valid, allow_none=self.name == "weight_decay")
         obj.__dict__.setdefault("_hyper_raw", {})[self.name] = value
+
+
+def _linked_after_construction():
+    """The learning rate the stock constructor gets where the user's variable
+    is linked right after it (`_link_learning_rate`); never called."""
+    raise RuntimeError("fusedopt: the learning-rate variable was not linked")
+
+
+def _tf_variable(variable):
+    """The tf.Variable of a keras.Variable (TF backend), or the variable itself."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def _label(var) -> str:
@@ -87,56 +105,153 @@ class ArgumentStructure:
         """Valid values of every hyperparameter of this class."""
         return {"learning_rate": hp.NON_NEGATIVE, "weight_decay": hp.NON_NEGATIVE}
 
+    @classmethod
+    def _stock_class(cls) -> type:
+        """The Keras optimizer class this one extends (keras.optimizers.Adam, ...)."""
+        for klass in cls.__mro__:
+            if (issubclass(klass, keras.optimizers.Optimizer)
+                    and not issubclass(klass, ArgumentStructure)):
+                return klass
+        raise TypeError(f"{cls.__name__} extends no Keras optimizer")
+
     def __init__(self, *args, gradient_transformers=None, **kwargs):
-        if "lr" in kwargs:
-            raise TypeError(
-                "Unknown argument lr=: the learning rate is passed as learning_rate= "
-                "(e.g. fusedopt.Adam(learning_rate=1e-3))"
-            )
         signature = inspect.signature(super().__init__)
         params = signature.parameters
-        known = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
-        unknown = sorted(set(kwargs) - known - {"decay"})
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unknown argument(s) {', '.join(unknown)}; "
-                f"valid arguments: {', '.join(sorted(known | {'gradient_transformers', 'skip_nonfinite'}))}"
-            )
         call = {}
         for name, value in signature.bind(*args, **kwargs).arguments.items():
             if params[name].kind is params[name].VAR_KEYWORD:
                 call.update(value)
             else:
                 call[name] = value
-        self._check_clip_arguments(call)
+        keras_call, later, problems = self._translate_arguments(call, params)
+        try:
+            transformers = self._check_transformers(gradient_transformers)
+        except TypeError as e:
+            problems.append(((), e))
+        if problems:
+            raise self._argument_error(call, keras_call, *problems[0])
 
-        # Validate every hyperparameter. The stock constructor only takes
-        # numbers (and, for learning_rate, schedules and callables): hand it
-        # the default for the others and set the real value once it has run.
-        later = {}
+        super().__init__(**keras_call)
+        learning_rate_variable = later.pop("learning_rate", None)
+        for name, value in later.items():
+            setattr(self, name, value)
+        if learning_rate_variable is not None:
+            self._link_learning_rate(learning_rate_variable)
+        self._gradient_transformers = transformers
+
+    def _translate_arguments(self, call, params):
+        """Checks the constructor arguments; returns (keras_call, later, problems).
+
+        keras_call: the arguments for the stock constructor, which only takes
+        numbers for most hyperparameters (learning_rate: numbers, schedules
+        and callables): every other form is replaced there by the default and
+        kept in `later`, set once the stock constructor has run.
+        problems: (argument names, exception) for every argument fusedopt
+        refuses, in order.
+        """
+        keras_call, later, problems = dict(call), {}, []
+        known = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        unknown = tuple(sorted(set(call) - known - {"decay"}))
+        if unknown:
+            hint = ("the learning rate is passed as learning_rate= "
+                    "(e.g. fusedopt.Adam(learning_rate=1e-3)); " if "lr" in unknown else "")
+            valid = sorted(known | {"gradient_transformers", "skip_nonfinite"})
+            problems.append((unknown, ValueError(
+                f"{type(self).__name__} got unknown argument(s) {', '.join(unknown)}; "
+                f"{hint}valid arguments: {', '.join(valid)}")))
+        for name in ("clipnorm", "global_clipnorm", "clipvalue"):
+            try:
+                self._check_clip_argument(name, call.get(name))
+            except (TypeError, ValueError) as e:
+                problems.append(((name,), e))
+
         for name, valid in self._hyperparameter_ranges().items():
             if name not in params:
                 continue
             default = params[name].default
-            value = call.get(name, default)
-            checked = hp.check(name, value, valid, allow_none=name == "weight_decay")
+            try:
+                checked = hp.check(name, call.get(name, default), valid,
+                                   allow_none=name == "weight_decay")
+            except (TypeError, ValueError) as e:
+                problems.append(((name,), e))
+                continue
             if name == "learning_rate":
                 if hp.is_variable(checked):
-                    checked = hp.VariableRef(checked)
+                    # The user's variable becomes the learning-rate variable
+                    # once the stock constructor has run; a callable there
+                    # keeps it from making one of its own.
+                    later[name] = checked
+                    checked = _linked_after_construction
                 elif tf.is_tensor(checked):
                     checked = float(checked)
-                call[name] = checked
+                keras_call[name] = checked
             elif checked is None or hp.is_number(checked):
                 if name in call:
-                    call[name] = checked
+                    keras_call[name] = checked
             else:
                 later[name] = checked
-                call[name] = default if default is not params[name].empty else 0.0
-        super().__init__(**call)
-        for name, value in later.items():
-            setattr(self, name, value)
-        self._learning_rate_argument = call.get("learning_rate")
-        self._gradient_transformers = self._check_transformers(gradient_transformers)
+                keras_call[name] = default if default is not params[name].empty else 0.0
+        return keras_call, later, problems
+
+    def _argument_error(self, call, keras_call, names, error):
+        """The exception for a refused argument.
+
+        Where the stock class refuses it too, its exception: the same type,
+        Keras' message, fusedopt's after it (code written for the stock class
+        catches what it caught). Otherwise fusedopt's own.
+        """
+        stock_names = [n for n in names if n in call]
+        if not stock_names:
+            return error
+        probe = {k: v for k, v in keras_call.items() if k not in names}
+        probe.update({n: call[n] for n in stock_names})
+        if probe.get("name") is None:
+            probe["name"] = "fusedopt_argument_check"  # leave Keras' name counters alone
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. Keras' `decay` warning, given already
+                self._stock_class()(**probe)
+        except Exception as keras_error:  # noqa: BLE001 - re-raised as it is, with ours added
+            try:
+                return type(keras_error)(f"{keras_error} (fusedopt: {error})")
+            except Exception:  # noqa: BLE001 - an exception type with another signature
+                return keras_error
+        return error
+
+    def __setattr__(self, name, value):
+        # A hyperparameter is the user's value, not optimizer state: it is
+        # stored past Keras' variable tracker and TF's checkpoint dependencies,
+        # which would make a keras.Variable / tf.Variable given as beta_1 an
+        # optimizer variable or a checkpoint entry that the stock optimizer
+        # given the number does not have (so files would not interchange).
+        if isinstance(getattr(type(self), name, None), _Hyperparameter):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _link_learning_rate(self, variable):
+        """Makes the user's learning-rate variable the optimizer's own.
+
+        The stock optimizer keeps a learning rate given as a number in a
+        variable of its own (`<name>/learning_rate`, second of its variables),
+        which files and checkpoints save. A user's variable takes that place:
+        a Keras variable of the same name and position whose storage is the
+        user's tf.Variable. So the optimizer reads it at every step, assigning
+        either one changes both, and saving and restoring the optimizer saves
+        and restores it, with the variables of the stock optimizer given the
+        number.
+        """
+        with keras.name_scope(self.name, caller=self):
+            linked = keras.Variable(_tf_variable(variable), name="learning_rate",
+                                    trainable=False, aggregation="only_first_replica")
+        # Tracked on assignment, after the iteration count: where the stock
+        # constructor puts its own.
+        self._learning_rate = linked
+
+    def _hyperparameter_argument(self, name):
+        """A hyperparameter as it was given (number, variable, tensor,
+        schedule or callable); None if unset."""
+        return self.__dict__.get("_hyper_raw", {}).get(name)
 
     @property
     def gradient_transformers(self) -> tuple:
@@ -144,19 +259,17 @@ class ArgumentStructure:
         return self._gradient_transformers
 
     @staticmethod
-    def _check_clip_arguments(values):
+    def _check_clip_argument(name, value):
         # Stock Keras silently ignores a clip threshold <= 0: refuse it.
-        for name in ("clipnorm", "global_clipnorm", "clipvalue"):
-            value = values.get(name)
-            if value is None:
-                continue
-            if not hp.is_number(value):
-                raise TypeError(
-                    f"{name} must be a number; for a threshold that changes during "
-                    f"training use fusedopt.transformers (e.g. clip_by_norm(variable))"
-                )
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0; got {value}")
+        if value is None:
+            return
+        if not hp.is_number(value):
+            raise TypeError(
+                f"{name} must be a number; for a threshold that changes during "
+                f"training use fusedopt.transformers (e.g. clip_by_norm(variable))"
+            )
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0; got {value}")
 
     # ----------------------------------------------------------- transformers
 
@@ -288,10 +401,8 @@ class ArgumentStructure:
 
     def get_config(self):
         config = super().get_config()
-        lr = self._learning_rate_argument
-        if isinstance(lr, hp.VariableRef):
-            config["learning_rate"] = float(lr.variable.numpy())
-        elif callable(lr) and not isinstance(lr, hp.Schedule):
+        lr = self._learning_rate
+        if callable(lr) and not isinstance(lr, hp.Schedule):
             config["learning_rate"] = hp.serialize("learning_rate", lr)
         raw = self.__dict__.get("_hyper_raw", {})
         for name in self._hyperparameter_ranges():
@@ -319,8 +430,7 @@ class ArgumentStructure:
 
 
 def _serialize_transformer(index, fn):
-    registered = keras.saving.get_registered_object(keras.saving.get_registered_name(fn))
-    if registered is None and not hasattr(type(fn), "get_config"):
+    if not hp.is_registered(fn) and not hasattr(type(fn), "get_config"):
         raise TypeError(
             f"Cannot serialize gradient_transformers[{index}] = {_transformer_name(fn)}: a "
             "custom transformer must be registered with "

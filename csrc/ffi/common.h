@@ -1,0 +1,338 @@
+// What the XLA FFI handlers share: reading XLA's buffers into the drivers'
+// raw views, the checks behind every error message, and XLA's CPU thread pool
+// as a ParallelFor.
+//
+// Only the header-only FFI API (xla/ffi/api/ffi.h) is used, so the same
+// handler objects register into TensorFlow's XLA (csrc/tf/xla_ops.cc) and into
+// jaxlib's (python/fusedopt/backends/jax/ffi.py through the _xla_ffi module).
+// No per-element math here: the rules are in csrc/kernels/, the loops in
+// csrc/cpu/ and csrc/cuda/.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "kernels/clip.h"
+#include "kernels/half.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace fusedopt {
+namespace ffi_handlers {
+
+namespace ffi = ::xla::ffi;
+
+// ---------------------------------------------------------------------------
+// Element types.
+
+inline std::string TypeName(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F16:
+      return "float16";
+    case ffi::DataType::BF16:
+      return "bfloat16";
+    case ffi::DataType::F32:
+      return "float32";
+    case ffi::DataType::F64:
+      return "float64";
+    case ffi::DataType::PRED:
+      return "bool";
+    default:
+      return "XLA type " + std::to_string(static_cast<int>(t));
+  }
+}
+
+// Calls fn(T{}) with T the drivers' storage type of `t` (float, double, Half,
+// BFloat16), or returns an error naming `what`.
+template <typename Fn>
+ffi::Error WithFloatType(ffi::DataType t, const std::string& what, Fn&& fn) {
+  switch (t) {
+    case ffi::DataType::F32:
+      return fn(float{});
+    case ffi::DataType::F64:
+      return fn(double{});
+    case ffi::DataType::F16:
+      return fn(Half{});
+    case ffi::DataType::BF16:
+      return fn(BFloat16{});
+    default:
+      return ffi::Error::InvalidArgument(
+          what + " has element type " + TypeName(t) +
+          "; expected float16, bfloat16, float32 or float64");
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Buffers: the call's operands and results as vectors, with names for errors.
+
+inline ffi::Error Collect(const ffi::RemainingArgs& args, std::vector<ffi::AnyBuffer>* out) {
+  out->clear();
+  out->reserve(args.size());
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto b = args.get<ffi::AnyBuffer>(i);
+    if (!b.has_value()) {
+      return ffi::Error::InvalidArgument("operand " + std::to_string(i) + " is not a buffer");
+    }
+    out->push_back(*b);
+  }
+  return ffi::Error::Success();
+}
+
+inline ffi::Error Collect(const ffi::RemainingRets& rets, std::vector<ffi::AnyBuffer>* out) {
+  out->clear();
+  out->reserve(rets.size());
+  for (size_t i = 0; i < rets.size(); ++i) {
+    auto r = rets.get<ffi::AnyBuffer>(i);
+    if (!r.has_value()) {
+      return ffi::Error::InvalidArgument("result " + std::to_string(i) + " is not a buffer");
+    }
+    out->push_back(**r);
+  }
+  return ffi::Error::Success();
+}
+
+inline std::string Named(const char* list, size_t i) {
+  return std::string(list) + "[" + std::to_string(i) + "]";
+}
+
+inline std::string ShapeString(const ffi::AnyBuffer& b) {
+  std::string s = "[";
+  const auto dims = b.dimensions();
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(dims[i]);
+  }
+  return s + "]";
+}
+
+inline bool SameShape(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
+  const auto da = a.dimensions(), db = b.dimensions();
+  return da.size() == db.size() && std::equal(da.begin(), da.end(), db.begin());
+}
+
+// `b` (called `name`) has element type `t` and the shape of `like`.
+inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const std::string& name, ffi::DataType t,
+                            const ffi::AnyBuffer& like, const std::string& like_name) {
+  if (b.element_type() != t) {
+    return ffi::Error::InvalidArgument(name + " has element type " + TypeName(b.element_type()) +
+                                       " but " + like_name + " has " + TypeName(t));
+  }
+  if (!SameShape(b, like)) {
+    return ffi::Error::InvalidArgument(name + " has shape " + ShapeString(b) + " but " +
+                                       like_name + " has shape " + ShapeString(like));
+  }
+  return ffi::Error::Success();
+}
+
+inline ffi::Error CheckCount(const char* what, size_t got, size_t expected,
+                             const std::string& why) {
+  if (got != expected) {
+    return ffi::Error::InvalidArgument(std::string(what) + ": got " + std::to_string(got) +
+                                       ", expected " + std::to_string(expected) + " (" + why +
+                                       ")");
+  }
+  return ffi::Error::Success();
+}
+
+inline int64_t Count(const ffi::AnyBuffer& b) { return static_cast<int64_t>(b.element_count()); }
+
+// A result aliases its operand (the callers declare the aliasing). XLA gives
+// a different buffer only where it could not alias; then the result starts
+// as a copy of the operand and is updated in place like the aliased case.
+inline void StartFrom(const ffi::AnyBuffer& in, const ffi::AnyBuffer& out) {
+  if (out.untyped_data() != in.untyped_data() && in.size_bytes() > 0) {
+    std::memcpy(out.untyped_data(), in.untyped_data(), in.size_bytes());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The small operands: per-step scalars, clip arguments, the predicate.
+
+// `count` values of storage type T in the compute type (16-bit types widen
+// exactly), from a host buffer of exactly that many elements.
+template <typename T>
+ffi::Error ReadScalars(const ffi::AnyBuffer& b, const char* name, ffi::DataType t, size_t count,
+                       compute_t<T>* out, const char* layout) {
+  if (b.element_type() != t) {
+    return ffi::Error::InvalidArgument(std::string(name) + " has element type " +
+                                       TypeName(b.element_type()) + "; expected " + TypeName(t) +
+                                       " (the parameters' type)");
+  }
+  if (b.element_count() != count) {
+    return ffi::Error::InvalidArgument(std::string(name) + " must hold " +
+                                       std::to_string(count) + " values (" + layout + "), got " +
+                                       std::to_string(b.element_count()));
+  }
+  const T* x = static_cast<const T*>(b.untyped_data());
+  for (size_t i = 0; i < count; ++i) out[i] = load(x[i]);
+  return ffi::Error::Success();
+}
+
+inline ffi::Error ParseClipKind(std::string_view name, ClipKind* kind) {
+  if (name == "none") {
+    *kind = ClipKind::kNone;
+  } else if (name == "value") {
+    *kind = ClipKind::kValue;
+  } else if (name == "ratio") {
+    *kind = ClipKind::kRatio;
+  } else if (name == "scale") {
+    *kind = ClipKind::kScale;
+  } else {
+    return ffi::Error::InvalidArgument("clip must be 'none', 'value', 'ratio' or 'scale', got '" +
+                                       std::string(name) + "'");
+  }
+  return ffi::Error::Success();
+}
+
+// How many clip_args a clip kind takes for `n` tensors (csrc/tf/clip_args.h:
+// value [lo, hi], ratio [numerator, den_0..den_{n-1}], scale [scale]).
+inline int64_t ClipArgCount(ClipKind kind, int64_t n) {
+  switch (kind) {
+    case ClipKind::kNone:
+      return 0;
+    case ClipKind::kValue:
+      return 2;
+    case ClipKind::kRatio:
+      return n + 1;
+    case ClipKind::kScale:
+      return 1;
+  }
+  return 0;
+}
+
+// The clip request of an update over `n` tensors, from the host buffer
+// clip_args (storage type T), checked as the TF ops check it
+// (csrc/tf/clip_args.h): a ratio denominator <= 0 or lo > hi is refused, NaN
+// passes (a non-finite norm makes the factors NaN in Keras too).
+template <typename T>
+ffi::Error ReadClip(const ffi::AnyBuffer& b, ffi::DataType t, ClipKind kind, int64_t n,
+                    GradClip<compute_t<T>>* clip) {
+  using S = compute_t<T>;
+  clip->kind = kind;
+  clip->scalars.clear();
+  const int64_t expected = ClipArgCount(kind, n);
+  if (kind != ClipKind::kNone && b.element_type() != t) {
+    return ffi::Error::InvalidArgument("clip_args has element type " +
+                                       TypeName(b.element_type()) + "; expected " + TypeName(t) +
+                                       " (the parameters' type)");
+  }
+  if (Count(b) != expected) {
+    return ffi::Error::InvalidArgument("clip_args must hold " + std::to_string(expected) +
+                                       " values for this clip kind, got shape " + ShapeString(b));
+  }
+  if (kind == ClipKind::kNone) return ffi::Error::Success();
+  const T* x = static_cast<const T*>(b.untyped_data());
+  if (kind == ClipKind::kRatio) {
+    const S numerator = load(x[0]);
+    for (int64_t i = 0; i < n; ++i) {
+      const S den = load(x[i + 1]);
+      if (den <= S(0)) {
+        return ffi::Error::InvalidArgument(
+            "clip_args[" + std::to_string(i + 1) + "] (the clip-by-norm denominator of grads[" +
+            std::to_string(i) + "]) must be > 0 (max(norm, clip_norm)), got " +
+            std::to_string(static_cast<double>(den)));
+      }
+      clip->scalars.push_back({numerator, den});
+    }
+  } else if (kind == ClipKind::kValue) {
+    const S lo = load(x[0]), hi = load(x[1]);
+    if (lo > hi) {
+      return ffi::Error::InvalidArgument(
+          "clip_args = [lo, hi] of clip='value' needs lo <= hi, got [" +
+          std::to_string(static_cast<double>(lo)) + ", " +
+          std::to_string(static_cast<double>(hi)) + "]");
+    }
+    clip->scalars.push_back({lo, hi});
+  } else {
+    clip->scalars.push_back({load(x[0]), S(0)});
+  }
+  return ffi::Error::Success();
+}
+
+// apply_if: a bool buffer of 0 elements (always apply) or 1 (apply when true).
+inline ffi::Error CheckApplyIf(const ffi::AnyBuffer& b) {
+  if (b.element_type() != ffi::DataType::PRED || b.element_count() > 1) {
+    return ffi::Error::InvalidArgument(
+        "apply_if must be a bool buffer of 0 elements (always apply) or 1 (the predicate), "
+        "got " + TypeName(b.element_type()) + " of shape " + ShapeString(b));
+  }
+  return ffi::Error::Success();
+}
+
+// Host memory only (the CPU handlers).
+inline bool ReadApplyIf(const ffi::AnyBuffer& b) {
+  return b.element_count() == 0 || *static_cast<const uint8_t*>(b.untyped_data()) != 0;
+}
+
+// ---------------------------------------------------------------------------
+// XLA's intra-op thread pool as the drivers' ParallelFor.
+//
+// The calling thread may itself be one of the pool's threads, and the pool
+// may be busy with other work: so the caller never waits for a task that has
+// not started. Every thread (the caller included) takes shares from a shared
+// counter until none is left; the caller then waits only for shares already
+// taken. A helper that starts after that finds nothing left and returns
+// without touching the work (which lives on the caller's stack); the state it
+// reads is kept alive by its shared_ptr.
+class SharedShares {
+ public:
+  SharedShares(int64_t num_tasks, int64_t num_shares, const TaskRange* fn)
+      : num_tasks_(num_tasks), num_shares_(num_shares), fn_(fn) {}
+
+  void Work() {
+    for (;;) {
+      int64_t k;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (next_ >= num_shares_) return;
+        k = next_++;
+        ++running_;
+      }
+      (*fn_)(num_tasks_ * k / num_shares_, num_tasks_ * (k + 1) / num_shares_);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--running_ == 0 && next_ >= num_shares_) done_.notify_all();
+    }
+  }
+
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return next_ >= num_shares_ && running_ == 0; });
+  }
+
+ private:
+  const int64_t num_tasks_;
+  const int64_t num_shares_;
+  const TaskRange* const fn_;
+  std::mutex mutex_;
+  std::condition_variable done_;
+  int64_t next_ = 0;     // the next share to take
+  int64_t running_ = 0;  // shares taken and not finished
+};
+
+// One share per pool thread; the caller works too. Without a pool (or with
+// one thread) everything runs on the caller.
+inline ParallelFor PoolParallelFor(ffi::ThreadPool* pool) {
+  const int64_t threads = pool->num_threads();
+  return [pool, threads](int64_t num_tasks, int64_t /*cost*/, const TaskRange& fn) {
+    if (num_tasks <= 0) return;
+    const int64_t shares = std::min<int64_t>(num_tasks, std::max<int64_t>(threads, 1));
+    if (shares <= 1) {
+      fn(0, num_tasks);
+      return;
+    }
+    auto state = std::make_shared<SharedShares>(num_tasks, shares, &fn);
+    for (int64_t i = 1; i < shares; ++i) pool->Schedule([state] { state->Work(); });
+    state->Work();
+    state->Wait();
+  };
+}
+
+}  // namespace ffi_handlers
+}  // namespace fusedopt
