@@ -221,7 +221,6 @@ class _Rule:
                      if self.name == "adam" else None)
         self.decay_scale = (1 - optimizer.weight_decay * optimizer._get_current_learning_rate()
                             if decays else None)
-        self._sgd = {}
 
     def _vector(self, values, dtype, device):
         return torch.stack([_scalar(x, dtype, device) for x in values])
@@ -244,13 +243,13 @@ class _Rule:
             fused_ops.adam_(params, grads, slots[0], slots[1], scalars, decayed, kind, args,
                             finite)
         else:
-            s = self._sgd.get(cdt)
-            if s is None:
-                s = self._sgd[cdt] = optimizer._fused_scalars(self.learning_rate,
-                                                              _keras_dtype(cdt))
-            scalars = self._vector((-_scalar(s["lr"], cdt, device), s["momentum"], decay), cdt,
-                                   device)
-            variant = ("plain" if not slots else "nesterov" if s["nesterov"] else "momentum")
+            # torch_sgd.py passes the learning rate as `alpha=-learning_rate`
+            # and the momentum as a scalar operand: each converted once,
+            # straight to the compute dtype (no float32 detour for float64).
+            scalars = self._vector((-_scalar(self.learning_rate, cdt, device),
+                                    optimizer.momentum, decay), cdt, device)
+            variant = ("plain" if not slots else "nesterov" if optimizer.nesterov
+                       else "momentum")
             fused_ops.sgd_(params, grads, slots[0] if slots else [], scalars, variant, decayed,
                            kind, args, finite)
 
