@@ -28,7 +28,7 @@ import fusedopt  # noqa: E402
 from fusedopt import transformers as tr  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from parity import EXACT, NORM_CLIP, fit_parity, step_ulps  # noqa: E402
+from parity import EXACT, NORM_CLIP, fit_parity, per_step_ulps, step_ulps  # noqa: E402
 from training import make_data, make_model, state, train  # noqa: E402
 
 # Keras-torch's sqrt on the CPU (MKL's vsSqrt under torch.sqrt, 2.13) is not
@@ -52,6 +52,13 @@ CASES = {
                      dict(learning_rate=0.05, momentum=0.8, nesterov=True)),
     "SGD-decay": (fusedopt.SGD, keras.optimizers.SGD,
                   dict(learning_rate=0.05, momentum=0.9, weight_decay=0.01)),
+    "SGD-accumulation": (fusedopt.SGD, keras.optimizers.SGD,
+                         dict(learning_rate=0.05, momentum=0.9, gradient_accumulation_steps=3)),
+    "SGD-ema": (fusedopt.SGD, keras.optimizers.SGD,
+                dict(learning_rate=0.05, momentum=0.9, use_ema=True, ema_overwrite_frequency=4)),
+    "AdamW-accumulation": (fusedopt.AdamW, keras.optimizers.AdamW,
+                           dict(learning_rate=0.01, weight_decay=0.05,
+                                gradient_accumulation_steps=2)),
     "Adam-schedule": (fusedopt.Adam, keras.optimizers.Adam,
                       dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(
                           0.02, decay_steps=3, decay_rate=0.6))),
@@ -60,6 +67,25 @@ CASES = {
 
 def bound(case):
     return TORCH_SQRT if CASES[case][0] is not fusedopt.SGD else EXACT
+
+
+def parity(make_fused, make_stock, bound, epochs, run_eagerly=False):
+    """fit_parity, with the step-by-step comparison (bound > 0) over
+    `epochs` passes of the data too (fit_parity makes one)."""
+    if bound == EXACT:
+        return fit_parity(make_fused, make_stock, EXACT, run_eagerly=run_eagerly,
+                          epochs=epochs)
+    models = []
+    for make in (make_fused, make_stock):
+        keras.utils.set_random_seed(1234)
+        model = make_model()
+        model.compile(optimizer=make(), loss="mse", run_eagerly=run_eagerly)
+        models.append(model)
+    x, y = make_data()
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)] * epochs
+    worst = per_step_ulps(models[0], models[1], batches)
+    assert worst <= bound, f"{worst} step ulps, contract {bound}"
+    return models[0]
 
 
 def all_fused(opt):
@@ -74,10 +100,10 @@ def test_fit_parity_with_stock(case):
     fused_cls, stock_cls, kwargs = CASES[case]
     stock = stock_cls(**kwargs)
     assert type(stock).__module__.startswith("keras.src.backend.torch.optimizers")
-    model = fit_parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs), bound(case),
-                       epochs=3)
+    model = parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs), bound(case),
+                   epochs=3)
     assert all_fused(model.optimizer), model.optimizer.fused_paths
-    steps = 18 if bound(case) == EXACT else 6  # per-step runs: one pass over the batches
+    steps = 18 // kwargs.get("gradient_accumulation_steps", 1)
     assert int(model.optimizer.iterations.numpy()) == steps
 
 
@@ -110,8 +136,8 @@ def test_adam_moments_bit_identical_params_within_sqrt_bound():
 @pytest.mark.parametrize("case", ["Adam", "SGD-nesterov"])
 def test_fit_eager_parity(case):
     fused_cls, stock_cls, kwargs = CASES[case]
-    model = fit_parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs), bound(case),
-                       run_eagerly=True, epochs=1)
+    model = parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs), bound(case),
+                   run_eagerly=True, epochs=1)
     assert all_fused(model.optimizer)
 
 
@@ -128,16 +154,16 @@ def test_folded_clip_parity(case, clip):
     fused_cls, stock_cls, kwargs = CASES[case]
     extra, clip_bound = CLIPS[clip]
     kwargs = dict(kwargs, **extra)
-    model = fit_parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs),
-                       bound(case) if clip_bound is None else clip_bound, epochs=2)
+    model = parity(lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs),
+                   bound(case) if clip_bound is None else clip_bound, epochs=2)
     assert all_fused(model.optimizer)
 
 
 def test_clip_transformer_folds_like_keras_argument():
     # The last built-in transformer folds; its result equals Keras' own
     # global_clipnorm of the stock class within the norm clip bound.
-    fit_parity(lambda: fusedopt.Adam(0.01, gradient_transformers=[tr.clip_by_global_norm(0.2)]),
-               lambda: keras.optimizers.Adam(0.01, global_clipnorm=0.2), NORM_CLIP, epochs=1)
+    parity(lambda: fusedopt.Adam(0.01, gradient_transformers=[tr.clip_by_global_norm(0.2)]),
+           lambda: keras.optimizers.Adam(0.01, global_clipnorm=0.2), NORM_CLIP, epochs=1)
 
 
 def test_storage_stays_in_place():
@@ -169,8 +195,8 @@ def test_fused_paths_name_every_variable():
 
 def test_amsgrad_falls_back_to_keras_foreach_update():
     kwargs = dict(learning_rate=0.01, amsgrad=True)
-    model = fit_parity(lambda: fusedopt.Adam(**kwargs), lambda: keras.optimizers.Adam(**kwargs),
-                       EXACT, epochs=1)
+    model = parity(lambda: fusedopt.Adam(**kwargs), lambda: keras.optimizers.Adam(**kwargs),
+                   EXACT, epochs=1)
     reasons = set(model.optimizer.fused_paths.values())
     assert reasons == {"fallback: amsgrad=True (not fused yet)"}, reasons
 
