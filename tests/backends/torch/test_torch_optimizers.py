@@ -141,6 +141,17 @@ def test_fit_eager_parity(case):
     assert all_fused(model.optimizer)
 
 
+@pytest.mark.parametrize("case", ["SGD-momentum", "AdamW"])
+def test_loss_scale_optimizer_parity(case):
+    # keras.optimizers.LossScaleOptimizer around the fused class: the inner
+    # optimizer gets the unscaled gradients and stays fused.
+    fused_cls, stock_cls, kwargs = CASES[case]
+    model = parity(lambda: keras.optimizers.LossScaleOptimizer(fused_cls(**kwargs)),
+                   lambda: keras.optimizers.LossScaleOptimizer(stock_cls(**kwargs)),
+                   bound(case), epochs=2)
+    assert all_fused(model.optimizer.inner_optimizer)
+
+
 CLIPS = {
     "clipvalue": (dict(clipvalue=0.05), None),  # None: the case's own bound
     "clipnorm": (dict(clipnorm=0.1), NORM_CLIP),
