@@ -464,3 +464,39 @@ def test_optimizer_apply_compiles_in_one_graph(kwargs):
 
     for a, b in zip(run(compiled=True), run(compiled=False)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", ["SGD-momentum", "SGD-nesterov", "SGD-decay"])
+def test_16bit_variables_round_once(case, dtype):
+    # 16-bit variables compute in float32 and round once per stored value: each
+    # step equals the stock float32 step from the same (upcast) state, rounded
+    # to the variable's dtype, bit for bit. (Adam is left out: Keras-torch
+    # computes its alpha in the variables' dtype, and so does fusedopt, so a
+    # float32 step is no reference; in bfloat16 beta_2 = 0.999 rounds to 1
+    # and alpha is 0, in stock Keras-torch as here.)
+    fused_cls, stock_cls, kwargs = CASES[case]
+    tdtype = getattr(torch, dtype)
+    rng = np.random.default_rng(7)
+    shapes = [(33, 5), (129,)]
+    fused_vars = [keras.Variable(torch.tensor(rng.standard_normal(s)).to(tdtype), dtype=dtype,
+                                 name=f"w{i}") for i, s in enumerate(shapes)]
+    stock_vars = [keras.Variable(np.zeros(s, "float32"), name=f"w{i}")
+                  for i, s in enumerate(shapes)]
+    fused_opt, stock_opt = fused_cls(**kwargs), stock_cls(**kwargs)
+    fused_opt.build(fused_vars)
+    stock_opt.build(stock_vars)
+    for step in range(3):
+        grads = [torch.tensor(rng.standard_normal(s) * 0.3).to(tdtype) for s in shapes]
+        for f, s in zip(fused_vars + fused_opt.variables, stock_vars + stock_opt.variables):
+            s.assign(f.value.detach().to(torch.float32) if f.dtype == dtype else f.value)
+        fused_opt.apply(grads, fused_vars)
+        stock_opt.apply([g.to(torch.float32) for g in grads], stock_vars)
+        assert all_fused(fused_opt)
+        # (optimizer variables: iterations, learning_rate, then the slots)
+        for i, (f, s) in enumerate(zip(fused_vars + fused_opt.variables[2:],
+                                       stock_vars + stock_opt.variables[2:])):
+            assert f.dtype == dtype
+            got = f.value.detach().to(torch.float32)
+            want = s.value.detach().to(tdtype).to(torch.float32)
+            assert torch.equal(got, want), (step, i)
