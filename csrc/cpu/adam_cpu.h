@@ -30,4 +30,11 @@ void adam_cpu(const AdamTensors<T>& tensors, const AdamScalars<compute_t<T>>& sc
               bool weight_decay, const ParallelFor& parallel,
               const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
 
+// The same in the torch form of the rule (kernels/adam.h): Keras' torch
+// backend's arithmetic.
+template <typename T>
+void adam_cpu(const AdamTensors<T>& tensors, const AdamTorchScalars<compute_t<T>>& scalars,
+              bool weight_decay, const ParallelFor& parallel,
+              const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
+
 }  // namespace fusedopt

@@ -30,4 +30,11 @@ void sgd_cpu(const SgdTensors<T>& tensors, const SgdScalars<compute_t<T>>& scala
              SgdVariant variant, bool weight_decay, const ParallelFor& parallel,
              const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
 
+// The same in the torch form of the rule (kernels/sgd.h): Keras' torch
+// backend's arithmetic.
+template <typename T>
+void sgd_cpu(const SgdTensors<T>& tensors, const SgdTorchScalars<compute_t<T>>& scalars,
+             SgdVariant variant, bool weight_decay, const ParallelFor& parallel,
+             const GradClip<compute_t<T>>& clip = GradClip<compute_t<T>>());
+
 }  // namespace fusedopt

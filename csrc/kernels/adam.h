@@ -11,6 +11,12 @@
 //
 // with alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) computed once per step
 // by the caller (AdamScalars below, or the same TF ops Keras uses).
+//
+// Keras' torch backend runs another arithmetic for the same rule (its
+// foreach update, keras/src/backend/torch/optimizers/torch_adam.py, and the
+// decay of TorchOptimizer._apply_weight_decay), written out below as the
+// torch form (AdamTorchScalars): the Keras optimizers on that backend match
+// it bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +66,42 @@ FUSEDOPT_HOST_DEVICE void adam_element(T& p, const T g, T& m, T& v,
   if (kDecay) param = param - param * s.weight_decay * s.lr;
   const T m_new = m + (g - m) * s.one_minus_beta_1;
   const T v_new = v + (g * g - v) * s.one_minus_beta_2;
+  m = m_new;
+  v = v_new;
+  p = param - (m_new * s.alpha) / (rule_sqrt(v_new) + s.epsilon);
+}
+
+// The torch form's per-step scalars, in the tensors' compute dtype.
+template <typename T>
+struct AdamTorchScalars {
+  T alpha;             // lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), as in AdamScalars
+  T beta_1;
+  T one_minus_beta_1;
+  T beta_2;
+  T one_minus_beta_2;
+  T epsilon;
+  T decay_scale;       // 1 - weight_decay * lr; only used when the caller asks for decay
+};
+
+// The torch form, one element: Keras' torch backend's ops in their order.
+// torch._foreach_add_(x, y, alpha=a) is x + a * y rounded once (a fused
+// multiply-add in torch's vectorized CPU kernels and on CUDA); the decay is
+// torch._foreach_mul_(p, 1 - wd * lr):
+//
+//   p <- p * decay_scale                       (optional)
+//   m <- fma(g, 1 - beta_1, m * beta_1)
+//   v <- fma(g * g, 1 - beta_2, v * beta_2)
+//   p <- p - (m * alpha) / (sqrt(v) + epsilon)
+//
+// An overload of adam_element: the drivers' loops pick the form by the type
+// of their scalars.
+template <bool kDecay, typename T>
+FUSEDOPT_HOST_DEVICE void adam_element(T& p, const T g, T& m, T& v,
+                                       const AdamTorchScalars<T>& s) {
+  T param = p;
+  if (kDecay) param = param * s.decay_scale;
+  const T m_new = rule_fma(g, s.one_minus_beta_1, m * s.beta_1);
+  const T v_new = rule_fma(g * g, s.one_minus_beta_2, v * s.beta_2);
   m = m_new;
   v = v_new;
   p = param - (m_new * s.alpha) / (rule_sqrt(v_new) + s.epsilon);

@@ -13,6 +13,9 @@
 // optimizers pass (wd * lr, 1) instead of (wd, lr) in traced graphs to match
 // Grappler's rewrite of the stock decay (python/fusedopt/optimizers/base.py,
 // decay_scalars).
+//
+// Keras' torch backend's arithmetic for the same rule is the torch form below
+// (SgdTorchScalars).
 #pragma once
 
 #include "kernels/common.h"
@@ -56,6 +59,42 @@ FUSEDOPT_HOST_DEVICE void sgd_element(T& p, const T g, T& m, const SgdScalars<T>
     m = m_new;
     if (kVariant == SgdVariant::kNesterov) {
       p = param + (m_new * s.momentum - g * s.lr);
+    } else {
+      p = param + m_new;
+    }
+  }
+}
+
+// The torch form's per-step scalars, in the tensors' compute dtype.
+template <typename T>
+struct SgdTorchScalars {
+  T neg_lr;       // -lr
+  T momentum;     // unused by kPlain
+  T decay_scale;  // 1 - weight_decay * lr; only used when the caller asks for decay
+};
+
+// The torch form, one element: the ops of Keras' torch backend
+// (keras/src/backend/torch/optimizers/torch_sgd.py, Keras 3.15) in their
+// order; torch._foreach_add_(x, y, alpha=a) is fma(y, a, x), the decay
+// torch._foreach_mul_(p, 1 - wd * lr):
+//
+//   p <- p * decay_scale                       (optional)
+//   plain:     p <- fma(g, -lr, p)
+//   momentum:  m <- fma(g, -lr, m * momentum);  p <- p + m
+//   Nesterov:  m <- fma(g, -lr, m * momentum);  p <- fma(m, momentum, fma(g, -lr, p))
+//
+// An overload of sgd_element: the loops pick the form by their scalars' type.
+template <bool kDecay, SgdVariant kVariant, typename T>
+FUSEDOPT_HOST_DEVICE void sgd_element(T& p, const T g, T& m, const SgdTorchScalars<T>& s) {
+  T param = p;
+  if (kDecay) param = param * s.decay_scale;
+  if (kVariant == SgdVariant::kPlain) {
+    p = rule_fma(g, s.neg_lr, param);
+  } else {
+    const T m_new = rule_fma(g, s.neg_lr, m * s.momentum);
+    m = m_new;
+    if (kVariant == SgdVariant::kNesterov) {
+      p = rule_fma(m_new, s.momentum, rule_fma(g, s.neg_lr, param));
     } else {
       p = param + m_new;
     }

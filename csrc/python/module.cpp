@@ -20,6 +20,7 @@
 #include "python/arrays.h"
 #include "python/cuda_arrays.h"
 #include "python/cuda_ops.h"
+#include "python/pointer_ops.h"
 
 namespace py = pybind11;
 using namespace fusedopt;
@@ -420,4 +421,5 @@ PYBIND11_MODULE(_C, mod) {
           "None if the CUDA kernels can run in this process; else why not (no CUDA in this "
           "build, no NVIDIA driver, a driver older than the CUDA runtime they were built for, "
           "no device), naming the versions and how to rebuild.");
+  register_pointer_ops(mod);
 }

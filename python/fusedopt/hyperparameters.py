@@ -25,9 +25,10 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import sys
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from fusedopt import _C
 
@@ -77,8 +78,22 @@ RANGES = {
 }
 
 
+def _tf():
+    """TensorFlow where it is imported, else None: a value can only be a TF
+    tensor or variable once TF is imported, and fusedopt imports it only on
+    its Keras backend."""
+    return sys.modules.get("tensorflow")
+
+
 def is_variable(value) -> bool:
-    return isinstance(value, (tf.Variable, keras.Variable))
+    tf = _tf()
+    return isinstance(value, keras.Variable) or (tf is not None and isinstance(value, tf.Variable))
+
+
+def is_tensor(value) -> bool:
+    """A TF tensor, or a tensor of the Keras backend in use (torch)."""
+    tf = _tf()
+    return (tf is not None and tf.is_tensor(value)) or keras.ops.is_tensor(value)
 
 
 def is_number(value) -> bool:
@@ -118,14 +133,21 @@ def check(name: str, value, valid: Range, allow_none: bool = False):
         x = _as_float(name, value)
         _check_value(name, x, valid)
         return x
-    if is_variable(value) or tf.is_tensor(value) or isinstance(value, np.ndarray):
+    if is_variable(value) or is_tensor(value) or isinstance(value, np.ndarray):
         shape = tuple(value.shape)
         if shape != ():
             raise TypeError(f"{name} must be a scalar (0-d) tensor or variable; got shape {shape}")
-        dtype = tf.as_dtype(value.dtype)
-        if not (dtype.is_floating or dtype.is_integer):
-            raise TypeError(f"{name} must have a real dtype; got {dtype.name}")
-        if tf.executing_eagerly():
+        tf = _tf() if keras.backend.backend() == "tensorflow" else None
+        if tf is not None:
+            dtype = tf.as_dtype(value.dtype)
+            real, dtype_name = dtype.is_floating or dtype.is_integer, dtype.name
+        else:
+            dtype_name = keras.backend.standardize_dtype(value.dtype)
+            real = (keras.backend.is_float_dtype(dtype_name)
+                    or keras.backend.is_int_dtype(dtype_name))
+        if not real:
+            raise TypeError(f"{name} must have a real dtype; got {dtype_name}")
+        if tf is None or tf.executing_eagerly():
             current = value.numpy() if hasattr(value, "numpy") else value
             _check_value(name, float(current), valid)
         return value
@@ -154,7 +176,9 @@ def evaluate(value, iterations):
     """The value for one step: a number, or a tensor (read at run time)."""
     if isinstance(value, Schedule):
         return value(iterations)
-    if is_variable(value) or tf.is_tensor(value) or is_number(value) or value is None:
+    # Numbers first: no TF call on the common path (under torch.compile a
+    # TF function is a graph break).
+    if is_number(value) or value is None or is_variable(value) or is_tensor(value):
         return value
     if callable(value):
         return value()
@@ -167,8 +191,10 @@ def serialize(name: str, value):
     and registered callables serialize; other callables cannot be saved."""
     if value is None or is_number(value):
         return value
-    if is_variable(value) or tf.is_tensor(value):
-        return float(np.asarray(value))
+    if is_variable(value) or is_tensor(value):
+        if keras.backend.backend() == "tensorflow":
+            return float(np.asarray(value))
+        return float(keras.ops.convert_to_numpy(value))
     if isinstance(value, Schedule):
         return keras.optimizers.schedules.serialize(value)
     if callable(value):

@@ -10,6 +10,7 @@ Usage examples::
     fusedopt-bench --quick --steps-per-call 20   # TF cases: 20 steps per tf.function call
     fusedopt-bench --fit --quick                 # real model.fit: fusedopt vs stock Keras
     fusedopt-bench --fit --out bench/results     # every --fit model and mode
+    fusedopt-bench --backend torch --quick       # Keras-torch: fusedopt, stock, torch.optim
 
 See bench/README.md for what each column means.
 """
@@ -30,6 +31,7 @@ from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import machine, report, targets
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
+from fusedopt.bench import torch_cases  # registers the Keras-torch cases (--backend torch)
 from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, make_cases, matches, parse_shapes
 from fusedopt.bench.timing import Settings, measure
 
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--quick", action="store_true",
                         help="Adam float32 on 20x1M and 300x256 only, no XLA, few repeats "
                         "(under a minute)")
+    parser.add_argument("--backend", choices=("tensorflow", "torch"), default=None,
+                        help="the Keras backend (KERAS_BACKEND, set before Keras is "
+                        "imported); torch: fusedopt on Keras-torch against its stock "
+                        "optimizers and torch.optim, by default "
+                        f"{', '.join(torch_cases.TORCH_IMPLS)}")
     preset.add_argument("--gpu", action="store_true",
                         help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
                         "up to 1B parameters")
@@ -254,6 +261,26 @@ def _keep_tensorflow_off_the_gpu() -> None:
         pass
 
 
+def _rerun_on_backend(backend, argv) -> int | None:
+    """For --backend: Keras picks its backend once per process, when it is
+    first imported (`import fusedopt` imports it). If it runs on another one
+    here, the same command runs again in a child process with KERAS_BACKEND
+    set; returns its exit status (None: this process is on `backend`)."""
+    if backend is None:
+        return None
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = backend
+        return None
+    if keras.backend.backend() == backend:
+        return None
+    import subprocess
+
+    command = [sys.executable, "-m", "fusedopt.bench",
+               *(sys.argv[1:] if argv is None else argv)]
+    return subprocess.call(command, env=dict(os.environ, KERAS_BACKEND=backend))
+
+
 def _loadavg_text(values) -> str:
     return "unknown" if values is None else " ".join(f"{x:.2f}" for x in values)
 
@@ -272,11 +299,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.show:
         return show(parser, args.show, args.markdown)
+    status = _rerun_on_backend(args.backend, argv)
+    if status is not None:
+        return status
     if args.fit:
+        if args.backend == "torch":
+            parser.error("argument --backend torch: not with --fit yet")
         return main_fit(parser, args, argv)
     if args.calls_per_round is not None:
         parser.error("argument --calls-per-round: only with --fit")
     preset = QUICK if args.quick else GPU if args.gpu else FULL
+    if args.backend == "torch":
+        preset = dataclasses.replace(preset, impls=torch_cases.TORCH_IMPLS)
     settings = dataclasses.replace(
         preset.settings,
         **{k: v for k, v in (("repeats", args.repeats), ("warmup", args.warmup),
@@ -297,7 +331,8 @@ def main(argv=None) -> int:
     if args.out:  # the last check, and the first write: nothing has run yet
         checks.prepare_out(parser, args.out, files=_out_files(args, ("json", "csv", "png")))
 
-    _keep_tensorflow_off_the_gpu()
+    if args.backend != "torch":
+        _keep_tensorflow_off_the_gpu()
     import fusedopt
 
     started = time.time()

@@ -80,6 +80,12 @@ TARGETS = [
     Target("Adam + global-norm clip + skip_nonfinite f32 20x1M: at most 1.05x the clip alone",
            "adam-gclip-skipnf/float32/20x1M/fusedopt", "ratio", 1.05,
            other="adam-gclip/float32/20x1M/fusedopt"),
+    # Keras' torch backend (CPU, --backend torch).
+    Target("Keras-torch Adam f32 20x1M: fusedopt at least as fast as torch.optim.Adam(fused=True)",
+           "adam/float32/20x1M/torch-fusedopt", "speedup", 1.0, baseline="torch-fused-cpu"),
+    Target("Keras-torch Adam f32 20x1M: fusedopt >= 5x faster than a stock Adam subclass",
+           "adam/float32/20x1M/torch-fusedopt", "speedup", 5.0,
+           baseline="keras-torch-subclass"),
     # CUDA (H100).
     Target("Adam f32 64x16M (1B params) on CUDA: within 1.1x of the copy floor",
            "adam/float32/64x16M/kernels-cuda", "floor", 1.1),

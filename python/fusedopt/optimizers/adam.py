@@ -44,8 +44,11 @@ class _FusedAdamRule:
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        # beta_1 and beta_2 themselves are for the torch form of the rule
+        # (Keras' torch backend multiplies the moments by them).
         return {"lr": lr, "alpha": alpha, "one_minus_beta_1": 1 - self.beta_1,
-                "one_minus_beta_2": 1 - self.beta_2, "epsilon": self.epsilon}
+                "one_minus_beta_2": 1 - self.beta_2, "epsilon": self.epsilon,
+                "beta_1": self.beta_1, "beta_2": self.beta_2}
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")

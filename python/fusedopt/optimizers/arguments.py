@@ -26,7 +26,6 @@ import inspect
 import warnings
 
 import keras
-import tensorflow as tf
 
 from fusedopt import hyperparameters as hp
 from fusedopt import transformers as tr
@@ -72,12 +71,20 @@ def _label(var) -> str:
     return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
 
 
-def _gradient_shape(grad) -> tf.TensorShape:
-    """The (dense) shape of a gradient; unknown where the trace does not know it."""
+def _gradient_shape(grad):
+    """The (dense) shape of a gradient, a tf.TensorShape (TensorFlow
+    backend); unknown where the trace does not know it."""
+    import tensorflow as tf  # the TensorFlow backend: loaded by Keras already
+
     if isinstance(grad, tf.IndexedSlices):
         static = None if grad.dense_shape is None else tf.get_static_value(grad.dense_shape)
         return tf.TensorShape(static)
     return tf.TensorShape(grad.shape)
+
+
+def _dtype(x) -> str:
+    """The dtype of a tensor or variable of any Keras backend, by Keras' name."""
+    return keras.backend.standardize_dtype(x.dtype)
 
 
 def _transformer_name(fn) -> str:
@@ -178,8 +185,8 @@ class ArgumentStructure:
                     # keeps it from making one of its own.
                     later[name] = checked
                     checked = _linked_after_construction
-                elif tf.is_tensor(checked):
-                    checked = float(checked)
+                elif hp.is_tensor(checked):
+                    checked = float(keras.ops.convert_to_numpy(checked))
                 keras_call[name] = checked
             elif checked is None or hp.is_number(checked):
                 if name in call:
@@ -334,23 +341,36 @@ class ArgumentStructure:
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
             raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
-        if isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad) or hp.is_variable(grad):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # loaded by Keras already
+
+            if not (isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad)
+                    or hp.is_variable(grad)):
+                raise TypeError(
+                    f"gradient transformer {name} returned a {type(grad).__name__} for "
+                    f"variable {_label(var)!r}; expected a tensor"
+                )
             shape = _gradient_shape(grad)
+            bad_shape = shape.rank is not None and not shape.is_compatible_with(tuple(var.shape))
         else:
-            raise TypeError(
-                f"gradient transformer {name} returned a {type(grad).__name__} for variable "
-                f"{_label(var)!r}; expected a tensor"
-            )
-        if shape.rank is not None and not shape.is_compatible_with(tuple(var.shape)):
+            # A native tensor of the backend in use (torch): its shape is known.
+            if not (keras.ops.is_tensor(grad) or hp.is_variable(grad)):
+                raise TypeError(
+                    f"gradient transformer {name} returned a {type(grad).__name__} for "
+                    f"variable {_label(var)!r}; expected a tensor"
+                )
+            shape = tuple(grad.shape)
+            bad_shape = shape != tuple(var.shape)
+        if bad_shape:
             raise ValueError(
                 f"gradient transformer {name} returned a gradient of shape {shape} for "
                 f"variable {_label(var)!r} of shape {tuple(var.shape)}"
             )
-        dtype = tf.as_dtype(grad.dtype)
-        if dtype not in (tf.as_dtype(var.dtype), tf.as_dtype(old_grad.dtype)):
+        dtype = _dtype(grad)
+        if dtype not in (_dtype(var), _dtype(old_grad)):
             raise ValueError(
-                f"gradient transformer {name} returned a {dtype.name} gradient for variable "
-                f"{_label(var)!r} of dtype {tf.as_dtype(var.dtype).name}"
+                f"gradient transformer {name} returned a {dtype} gradient for variable "
+                f"{_label(var)!r} of dtype {_dtype(var)}"
             )
 
     # ------------------------------------------------------------------ state

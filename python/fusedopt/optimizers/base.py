@@ -41,8 +41,13 @@ FUSED = plan_mod.FUSED
 def _executor():
     """The executor of the Keras backend in use, or None where fusedopt has
     none yet (the optimizers then run the stock update, with a warning)."""
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         from fusedopt.backends.tensorflow import executor
+
+        return executor
+    if backend == "torch":
+        from fusedopt.backends.torch import executor
 
         return executor
     return None
