@@ -1,7 +1,8 @@
-"""fusedopt: fused multi-tensor optimizer kernels for TensorFlow and Keras.
+"""fusedopt: fused multi-tensor optimizer kernels for Keras (TensorFlow, JAX).
 
 - `fusedopt.Adam`, `fusedopt.AdamW`, `fusedopt.SGD`: drop-in Keras optimizers
-  whose update step is one fused op over all variables (need TensorFlow).
+  whose update step is one fused op (TensorFlow) or one XLA custom call (JAX)
+  over all variables (need Keras and its backend's framework).
 - `fusedopt.transformers`: gradient transformers (clip by value / norm /
   global norm) that the optimizers fold into their fused kernels.
 - `fusedopt.kernels`: the same kernels on NumPy (and CUDA) arrays; works
@@ -15,27 +16,37 @@ from fusedopt._ops import FusedOpsUnavailableWarning
 
 __version__ = "0.1.0"
 
-_TF_NAMES = ("Adam", "AdamW", "SGD", "Optimizer", "transformers", "hyperparameters")
+_OPTIMIZER_NAMES = ("Adam", "AdamW", "SGD", "Optimizer", "transformers", "hyperparameters")
 
-try:
-    import tensorflow as _tf  # noqa: F401
-except ImportError:
-    _tf = None
 
-if _tf is not None:
+def _keras_backend():
+    """The Keras backend in use, or None where Keras (or the framework of its
+    backend) cannot be imported. Imports no framework Keras does not."""
+    try:
+        import keras
+    except ImportError:
+        return None
+    return keras.backend.backend()
+
+
+_backend = _keras_backend()
+
+if _backend is not None:
     from fusedopt import hyperparameters, transformers
     from fusedopt.optimizers import SGD, Adam, AdamW, Optimizer
 
-    # Load (or refuse, with a warning) the TF op library now rather than at
-    # the first training step.
-    from fusedopt import _ops as _ops_module
+    if _backend == "tensorflow":
+        # Load (or refuse, with a warning) the TF op library now rather than at
+        # the first training step.
+        from fusedopt import _ops as _ops_module
 
-    _ops_module.library()
+        _ops_module.library()
 else:
     def __getattr__(name):
-        if name in _TF_NAMES:
+        if name in _OPTIMIZER_NAMES:
             raise ImportError(
-                f"fusedopt.{name} needs TensorFlow and Keras (pip install 'tensorflow>=2.21,<2.22'); "
+                f"fusedopt.{name} needs TensorFlow or JAX, and Keras (pip install "
+                "'fusedopt[tensorflow]', or 'fusedopt[jax]' with KERAS_BACKEND=jax); "
                 "fusedopt.kernels works without them"
             )
         raise AttributeError(f"module 'fusedopt' has no attribute {name!r}")

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from fusedopt import _tensors
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -63,7 +64,7 @@ UNIT_CLOSED = Range(0.0, 1.0, high_open=False)  # [0, 1]
 
 
 def is_variable(value) -> bool:
-    return isinstance(value, (tf.Variable, keras.Variable))
+    return _tensors.is_variable(value)
 
 
 def is_number(value) -> bool:
@@ -103,16 +104,25 @@ def check(name: str, value, valid: Range, allow_none: bool = False):
         x = _as_float(name, value)
         _check_value(name, x, valid)
         return x
-    if is_variable(value) or tf.is_tensor(value) or isinstance(value, np.ndarray):
+    if is_variable(value) or _tensors.is_tensor(value) or isinstance(value, np.ndarray):
         shape = tuple(value.shape)
         if shape != ():
             raise TypeError(f"{name} must be a scalar (0-d) tensor or variable; got shape {shape}")
-        dtype = tf.as_dtype(value.dtype)
-        if not (dtype.is_floating or dtype.is_integer):
-            raise TypeError(f"{name} must have a real dtype; got {dtype.name}")
-        if tf.executing_eagerly():
-            current = value.numpy() if hasattr(value, "numpy") else value
-            _check_value(name, float(current), valid)
+        dtype = _tensors.dtype_name(value.dtype)
+        if not (_tensors.is_floating(dtype) or _tensors.is_integer(dtype)):
+            raise TypeError(f"{name} must have a real dtype; got {dtype}")
+        if is_variable(value) and name != "learning_rate" and keras.backend.backend() == "jax":
+            # Keras-JAX traces the step once: a variable outside the optimizer's
+            # state would be read as a constant of the compiled step and never
+            # again (the learning rate's variable is optimizer state).
+            raise TypeError(
+                f"{name}: on the JAX backend a hyperparameter cannot be a variable (the "
+                "jitted step would read its value once, when traced, and ignore later "
+                "assignments); pass a number or a LearningRateSchedule (learning_rate may be "
+                "a keras.Variable)")
+        current = _tensors.current_value(value)
+        if current is not None:
+            _check_value(name, current, valid)
         return value
     if isinstance(value, Schedule):
         return value
@@ -139,7 +149,7 @@ def evaluate(value, iterations):
     """The value for one step: a number, or a tensor (read at run time)."""
     if isinstance(value, Schedule):
         return value(iterations)
-    if is_variable(value) or tf.is_tensor(value) or is_number(value) or value is None:
+    if is_variable(value) or _tensors.is_tensor(value) or is_number(value) or value is None:
         return value
     if callable(value):
         return value()
@@ -152,7 +162,7 @@ def serialize(name: str, value):
     and registered callables serialize; other callables cannot be saved."""
     if value is None or is_number(value):
         return value
-    if is_variable(value) or tf.is_tensor(value):
+    if is_variable(value) or _tensors.is_tensor(value):
         return float(np.asarray(value))
     if isinstance(value, Schedule):
         return keras.optimizers.schedules.serialize(value)

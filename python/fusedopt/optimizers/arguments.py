@@ -26,8 +26,8 @@ import inspect
 import warnings
 
 import keras
-import tensorflow as tf
 
+from fusedopt import _tensors
 from fusedopt import hyperparameters as hp
 from fusedopt import transformers as tr
 
@@ -72,12 +72,10 @@ def _label(var) -> str:
     return getattr(var, "path", None) or getattr(var, "name", None) or repr(var)
 
 
-def _gradient_shape(grad) -> tf.TensorShape:
-    """The (dense) shape of a gradient; unknown where the trace does not know it."""
-    if isinstance(grad, tf.IndexedSlices):
-        static = None if grad.dense_shape is None else tf.get_static_value(grad.dense_shape)
-        return tf.TensorShape(static)
-    return tf.TensorShape(grad.shape)
+def _gradient_shape(grad):
+    """The (dense) shape of a gradient (a tuple, None for a dimension the
+    trace does not know), or None where its rank is unknown."""
+    return _tensors.gradient_shape(grad)
 
 
 def _transformer_name(fn) -> str:
@@ -177,7 +175,7 @@ class ArgumentStructure:
                     # keeps it from making one of its own.
                     later[name] = checked
                     checked = _linked_after_construction
-                elif tf.is_tensor(checked):
+                elif _tensors.is_tensor(checked):
                     checked = float(checked)
                 keras_call[name] = checked
             elif checked is None or hp.is_number(checked):
@@ -236,6 +234,17 @@ class ArgumentStructure:
         and restores it, with the variables of the stock optimizer given the
         number.
         """
+        if keras.backend.backend() != "tensorflow":
+            # No backend but TF can share storage between two variables; on JAX
+            # the variable's value is state the jitted step takes and returns:
+            # the user's keras.Variable itself is the optimizer's (tracked in the
+            # same position, so files interchange with stock all the same).
+            if not isinstance(variable, keras.Variable):
+                raise TypeError(
+                    f"learning_rate: on the {keras.backend.backend()} backend a variable "
+                    f"learning rate must be a keras.Variable; got {type(variable).__name__}")
+            self._learning_rate = variable
+            return
         with keras.name_scope(self.name, caller=self):
             linked = keras.Variable(_tf_variable(variable), name="learning_rate",
                                     trainable=False, aggregation="only_first_replica")
@@ -333,23 +342,24 @@ class ArgumentStructure:
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
             raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
-        if isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad) or hp.is_variable(grad):
+        if _tensors.is_sparse(grad) or _tensors.is_tensor(grad) or hp.is_variable(grad):
             shape = _gradient_shape(grad)
         else:
             raise TypeError(
                 f"gradient transformer {name} returned a {type(grad).__name__} for variable "
                 f"{_label(var)!r}; expected a tensor"
             )
-        if shape.rank is not None and not shape.is_compatible_with(tuple(var.shape)):
+        if shape is not None and not _tensors.shapes_compatible(shape, tuple(var.shape)):
             raise ValueError(
-                f"gradient transformer {name} returned a gradient of shape {shape} for "
-                f"variable {_label(var)!r} of shape {tuple(var.shape)}"
+                f"gradient transformer {name} returned a gradient of shape "
+                f"{_tensors.shape_str(shape)} for variable {_label(var)!r} of shape "
+                f"{tuple(var.shape)}"
             )
-        dtype = tf.as_dtype(grad.dtype)
-        if dtype not in (tf.as_dtype(var.dtype), tf.as_dtype(old_grad.dtype)):
+        dtype = _tensors.dtype_name(grad.dtype)
+        if dtype not in (_tensors.dtype_name(var.dtype), _tensors.dtype_name(old_grad.dtype)):
             raise ValueError(
-                f"gradient transformer {name} returned a {dtype.name} gradient for variable "
-                f"{_label(var)!r} of dtype {tf.as_dtype(var.dtype).name}"
+                f"gradient transformer {name} returned a {dtype} gradient for variable "
+                f"{_label(var)!r} of dtype {_tensors.dtype_name(var.dtype)}"
             )
 
     # ------------------------------------------------------------------ state
