@@ -170,6 +170,25 @@ def test_jitted_fit_is_not_trivially_equal():
     assert worst > 1000 * JAX_STEP_ULPS
 
 
+def test_loss_scale_optimizer_around_fused():
+    """keras.optimizers.LossScaleOptimizer runs the fused optimizer's
+    stateless_apply inside its lax.cond (finite or not): still fused."""
+    wrap = keras.optimizers.LossScaleOptimizer
+    worst, model = step_ulps_fit(wrap(fusedopt.Adam(learning_rate=0.01)),
+                                 wrap(keras.optimizers.Adam(learning_rate=0.01)), repeats=1)
+    assert worst <= JAX_STEP_ULPS, worst
+    assert_all_fused(model.optimizer.inner_optimizer)
+
+
+def test_builtin_transformer_folds_like_the_keras_clip():
+    opt = fusedopt.Adam(learning_rate=0.01, gradient_transformers=[T.clip_by_global_norm(0.1)])
+    worst, model = step_ulps_fit(opt, keras.optimizers.Adam(learning_rate=0.01,
+                                                            global_clipnorm=0.1), repeats=1)
+    assert worst <= NORM_CLIP, worst
+    assert model.optimizer._last_plan.clip.source == "transformer"
+    assert_all_fused(model.optimizer)
+
+
 # --------------------------------------------------- the update, jitted
 
 
