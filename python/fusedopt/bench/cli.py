@@ -10,6 +10,7 @@ Usage examples::
     fusedopt-bench --quick --steps-per-call 20   # TF cases: 20 steps per tf.function call
     fusedopt-bench --fit --quick                 # real model.fit: fusedopt vs stock Keras
     fusedopt-bench --fit --out bench/results     # every --fit model and mode
+    fusedopt-bench --backend jax --shapes 20x1M  # fusedopt vs Keras-JAX vs optax, jitted
 
 See bench/README.md for what each column means.
 """
@@ -30,6 +31,7 @@ from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import machine, report, targets
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
+from fusedopt.bench import jax_cases  # noqa: F401 - registers the JAX cases (--backend jax)
 from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, make_cases, matches, parse_shapes
 from fusedopt.bench.timing import Settings, measure
 
@@ -112,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--gpu", action="store_true",
                         help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
                         "up to 1B parameters")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
+                        help="the Keras backend the optimizer cases run on (default: the "
+                        "KERAS_BACKEND in use); jax runs fusedopt-jax, keras-jax and optax "
+                        "unless --impls says otherwise")
     parser.add_argument("--filter", action="append", default=[], metavar="PATTERN",
                         help="run only cases whose name contains PATTERN, or matches it as "
                         "a glob if it has * ? [ (repeatable: any match)")
@@ -185,8 +191,11 @@ def select_cases(args, preset: Preset):
     if args.shapes:
         grid = [(o, d, args.shapes) for o, d, _ in grid]
     # The names were checked when the arguments were parsed (checks.names_from).
-    impls = (args.impls or preset.impls
-             or [n for n, i in IMPLEMENTATIONS.items() if i.default])
+    if getattr(args, "backend", None) == "jax" and not args.impls:
+        impls = list(jax_cases.JAX_IMPLEMENTATIONS)
+    else:
+        impls = (args.impls or preset.impls
+                 or [n for n, i in IMPLEMENTATIONS.items() if i.default])
     cases = [case for o, d, shapes in grid for case in make_cases([(o, d)], shapes, impls)]
     n = getattr(args, "steps_per_call", None) or 1
     return [dataclasses.replace(c, steps_per_call=n) if n != 1 else c
@@ -267,11 +276,29 @@ def _evictor(device: str, llc: int):
         return None
 
 
+def _run_on_backend(backend: str, argv) -> None:
+    """Returns if Keras runs on `backend`; otherwise runs this command again in
+    a process with KERAS_BACKEND=backend (Keras picks its backend once per
+    process, at import) and exits with its status."""
+    import keras
+
+    if keras.backend.backend() == backend:
+        return
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    command = [sys.executable, "-m", "fusedopt.bench",
+               *(sys.argv[1:] if argv is None else argv)]
+    raise SystemExit(subprocess.call(command, env=env))
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.show:
         return show(parser, args.show, args.markdown)
+    if args.backend is not None:
+        _run_on_backend(args.backend, argv)
     if args.fit:
         return main_fit(parser, args, argv)
     if args.calls_per_round is not None:
@@ -297,7 +324,8 @@ def main(argv=None) -> int:
     if args.out:  # the last check, and the first write: nothing has run yet
         checks.prepare_out(parser, args.out, files=_out_files(args, ("json", "csv", "png")))
 
-    _keep_tensorflow_off_the_gpu()
+    if args.backend != "jax":
+        _keep_tensorflow_off_the_gpu()
     import fusedopt
 
     started = time.time()
