@@ -13,7 +13,8 @@ assert keras.backend.backend() == "jax", keras.backend.backend()
 def test_bench_backend_jax_runs_fused_keras_and_optax(tmp_path, capsys):
     status = cli.main(["--backend", "jax", "--optimizers", "adam", "--dtypes", "float32",
                        "--shapes", "3x1K", "--steps-per-call", "2", "--repeats", "3",
-                       "--warmup", "1", "--max-case-seconds", "5", "--out", str(tmp_path),
+                       "--warmup", "1", "--max-case-seconds", "5", "--warm-cache",
+                       "--out", str(tmp_path),
                        "--name", "jax", "--no-plot", "--markdown"])
     assert status == 0
     document = json.loads((tmp_path / "jax.json").read_text())
