@@ -710,3 +710,58 @@ def test_tf_op_refuses_variables_on_two_devices():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+# ------------------------------------------ one table of hyperparameter ranges
+
+# Each hyperparameter as fusedopt.kernels and a Keras optimizer name it, and a
+# call of each with that value.
+_ARRAYS = lambda: [np.zeros(3, np.float32)]  # noqa: E731
+RANGE_CALLS = {
+    "lr": (lambda x: kernels.adam(_ARRAYS(), _ARRAYS(), _ARRAYS(), _ARRAYS(), lr=x, step=1),
+           lambda x: fusedopt.Adam(learning_rate=x)),
+    "beta_1": (lambda x: kernels.adam(_ARRAYS(), _ARRAYS(), _ARRAYS(), _ARRAYS(), lr=0.1,
+                                      beta_1=x, step=1),
+               lambda x: fusedopt.Adam(beta_1=x)),
+    "beta_2": (lambda x: kernels.adam(_ARRAYS(), _ARRAYS(), _ARRAYS(), _ARRAYS(), lr=0.1,
+                                      beta_2=x, step=1),
+               lambda x: fusedopt.Adam(beta_2=x)),
+    "epsilon": (lambda x: kernels.adam(_ARRAYS(), _ARRAYS(), _ARRAYS(), _ARRAYS(), lr=0.1,
+                                       epsilon=x, step=1),
+                lambda x: fusedopt.Adam(epsilon=x)),
+    "weight_decay": (lambda x: kernels.sgd(_ARRAYS(), _ARRAYS(), None, lr=0.1, weight_decay=x),
+                     lambda x: fusedopt.SGD(weight_decay=x)),
+    "momentum": (lambda x: kernels.sgd(_ARRAYS(), _ARRAYS(), _ARRAYS(), lr=0.1, momentum=x),
+                 lambda x: fusedopt.SGD(momentum=x)),
+    "clip_threshold": (lambda x: kernels.sgd(_ARRAYS(), _ARRAYS(), None, lr=0.1, clip_norm=x),
+                       lambda x: fusedopt.transformers.clip_by_global_norm(x)),
+}
+
+
+def _accepted(call, x) -> bool:
+    try:
+        call(x)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(RANGE_CALLS))
+def test_kernels_and_optimizers_check_one_range(name):
+    """Every hyperparameter's range is written once (_C.HYPERPARAMETER_RANGES):
+    the NumPy kernels and the Keras optimizers (or transformers) accept and
+    refuse the same values at and around both ends."""
+    from fusedopt import _C
+
+    low, low_open, high, high_open = _C.HYPERPARAMETER_RANGES[name]
+    kernel_call, keras_call = RANGE_CALLS[name]
+    below, above = np.nextafter(low, -np.inf), np.nextafter(high, np.inf)
+    expected = {low: not low_open, below: False}
+    if np.isfinite(high):
+        expected.update({high: not high_open, above: False, (low + high) / 2: True})
+    else:
+        expected[1e30] = True
+    for x, ok in expected.items():
+        assert _accepted(kernel_call, x) is ok, (name, x, "fusedopt.kernels")
+        assert _accepted(keras_call, x) is ok, (name, x, "optimizer")
+    assert set(RANGE_CALLS) == set(_C.HYPERPARAMETER_RANGES)

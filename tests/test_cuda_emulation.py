@@ -30,6 +30,7 @@ CASES = [
     "adam_device_scalars", "adam_f16_f32", "adam_f16_tf", "adam_f32", "adam_f64",
     "adam_many_tensors", "all_finite", "clip_factors", "conversions", "driver", "fibers",
     "launch_errors", "norms", "norms_deterministic", "norms_launches", "planner",
+    "refuse_before_launch",
     "sgd_clips_apply_if", "sgd_many_continuing", "sgd_momentum", "sgd_nesterov", "sgd_plain",
 ]
 

@@ -10,15 +10,17 @@
 // run (cuda::Scalar::Device).
 //
 // Built: fusedopt_adam (float32, float64), clip='none' and no apply_if
-// predicate: the CUDA Adam driver on main has neither a clip stage nor a
-// device-side predicate yet (the CUDA branch adds them, and the SGD, norm,
-// clip-factor and finite drivers); the handler refuses those calls with
-// UNIMPLEMENTED rather than run them unclipped or unguarded.
+// predicate. The CUDA drivers take device clip arguments and a device
+// predicate, but no handler passes them yet, and the SGD, norm, clip-factor
+// and finite drivers have no CUDA handler yet: this handler refuses clipped
+// or predicated calls with UNIMPLEMENTED rather than run them unclipped or
+// unguarded (docs/xla.md).
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "cuda/adam_cuda.h"
+#include "cuda/runtime.h"
 #include "ffi/common.h"
 #include "ffi/handlers.h"
 
@@ -85,7 +87,8 @@ ffi::Error AdamCudaTyped(const Buffers& args, const Buffers& rets, size_t n, boo
     tensors.grads.push_back(static_cast<const T*>(args[3 * n + i].untyped_data()));
     tensors.sizes.push_back(Count(args[i]));
   }
-  const std::string err = cuda::adam_cuda(tensors, device_scalars, decay, stream);
+  const std::string err = cuda::adam_cuda(tensors, device_scalars, decay, cuda::ClipArgs::None(),
+                                           cuda::Predicate(), stream);
   if (!err.empty()) return ffi::Error::Internal("fusedopt_adam: CUDA launch failed: " + err);
   return ffi::Error::Success();
 }

@@ -325,8 +325,29 @@ double check_scalar(const py::handle& value, const std::string& arg) {
   return x;
 }
 
-void check_range(double x, const std::string& arg, double lo, bool lo_open, double hi,
-                 bool hi_open) {
+const std::vector<std::pair<std::string, Interval>>& hyperparameter_ranges() {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  static const std::vector<std::pair<std::string, Interval>> ranges = {
+      {"lr", {0.0, false, kInf, true}},
+      {"beta_1", {0.0, false, 1.0, true}},
+      {"beta_2", {0.0, false, 1.0, true}},
+      {"epsilon", {0.0, false, kInf, true}},
+      {"weight_decay", {0.0, false, kInf, true}},
+      {"momentum", {0.0, false, 1.0, false}},
+      {"clip_threshold", {0.0, true, kInf, true}},
+  };
+  return ranges;
+}
+
+const Interval& hyperparameter_range(const std::string& key) {
+  for (const auto& [name, range] : hyperparameter_ranges()) {
+    if (name == key) return range;
+  }
+  throw std::logic_error("no hyperparameter range named " + key);
+}
+
+void check_range(double x, const std::string& arg, const Interval& range) {
+  const auto [lo, lo_open, hi, hi_open] = range;
   const bool ok = (lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi);
   if (!ok) {
     std::ostringstream os;

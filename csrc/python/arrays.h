@@ -140,8 +140,24 @@ void check_no_overlap(const std::vector<const std::vector<HostArray>*>& written,
 
 // Scalar checks: finite, and within the range named in the message.
 double check_scalar(const py::handle& value, const std::string& arg);
-void check_range(double value, const std::string& arg, double lo, bool lo_open,
-                 double hi, bool hi_open);
+// The valid values of a hyperparameter: an interval, open or closed at each end.
+struct Interval {
+  double lo;
+  bool lo_open;
+  double hi;
+  bool hi_open;
+};
+
+// Every hyperparameter's interval, in one table: "lr", "beta_1", "beta_2",
+// "epsilon", "weight_decay", "momentum", "clip_threshold" (clip_value,
+// clip_norm, global_clip_norm). These checks here, and through
+// _C.HYPERPARAMETER_RANGES the Keras optimizers' and transformers'
+// (python/fusedopt/hyperparameters.py), so each range is written once.
+const std::vector<std::pair<std::string, Interval>>& hyperparameter_ranges();
+const Interval& hyperparameter_range(const std::string& key);
+
+// ValueError "<arg> must be in [lo, hi), got x" unless x is in `range`.
+void check_range(double value, const std::string& arg, const Interval& range);
 int64_t check_step(const py::handle& value, const std::string& arg);
 
 }  // namespace fusedopt

@@ -25,7 +25,6 @@
 namespace fusedopt {
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // A hyperparameter of a CUDA call: a checked host value or a device element.
 struct Hyper {
@@ -36,13 +35,12 @@ struct Hyper {
 };
 
 // Host values get the NumPy path's checks (check_scalar, check_range).
-Hyper real_hyper(CudaCall& call, py::handle value, const std::string& arg, double lo,
-                 bool lo_open, double hi, bool hi_open) {
+Hyper real_hyper(CudaCall& call, py::handle value, const std::string& arg) {
   Hyper h;
   h.device = call.device_scalar(value, arg, /*integer=*/false);
   if (!h.device) {
     h.host = check_scalar(value, arg);
-    check_range(h.host, arg, lo, lo_open, hi, hi_open);
+    check_range(h.host, arg, hyperparameter_range(arg));
   }
   return h;
 }
@@ -347,12 +345,12 @@ py::object adam_cuda_call(py::handle params, py::handle grads, py::handle m, py:
   const auto v_ = call.arrays(v, "v", true);
   const DType dtype = check_update_layout(p_, g_, {&m_, &v_}, {"m", "v"});
   check_no_overlap({&p_, &m_, &v_}, {&g_});
-  const Hyper lr_ = real_hyper(call, lr, "lr", 0.0, false, kInf, true);
-  const Hyper b1 = real_hyper(call, beta_1, "beta_1", 0.0, false, 1.0, true);
-  const Hyper b2 = real_hyper(call, beta_2, "beta_2", 0.0, false, 1.0, true);
-  const Hyper eps = real_hyper(call, epsilon, "epsilon", 0.0, false, kInf, true);
+  const Hyper lr_ = real_hyper(call, lr, "lr");
+  const Hyper b1 = real_hyper(call, beta_1, "beta_1");
+  const Hyper b2 = real_hyper(call, beta_2, "beta_2");
+  const Hyper eps = real_hyper(call, epsilon, "epsilon");
   const Hyper t = step_hyper(call, step, "step");
-  const Hyper wd = real_hyper(call, weight_decay, "weight_decay", 0.0, false, kInf, true);
+  const Hyper wd = real_hyper(call, weight_decay, "weight_decay");
   const cuda::Stream s = call.prepare_launch();
   const py::object result = skip_nonfinite ? py::none() : py::object(py::bool_(true));
   if (p_.empty()) return result;
@@ -401,9 +399,9 @@ py::object sgd_cuda_call(py::handle params, py::handle grads, py::handle momentu
   const DType dtype = has_m ? check_update_layout(p_, g_, {&m_}, {"momentums"})
                             : check_update_layout(p_, g_, {}, {});
   check_no_overlap({&p_, &m_}, {&g_});
-  const Hyper lr_ = real_hyper(call, lr, "lr", 0.0, false, kInf, true);
-  const Hyper mom = real_hyper(call, momentum, "momentum", 0.0, false, 1.0, false);
-  const Hyper wd = real_hyper(call, weight_decay, "weight_decay", 0.0, false, kInf, true);
+  const Hyper lr_ = real_hyper(call, lr, "lr");
+  const Hyper mom = real_hyper(call, momentum, "momentum");
+  const Hyper wd = real_hyper(call, weight_decay, "weight_decay");
   if (!has_m && (mom.device || mom.host != 0.0)) {
     throw py::value_error(
         "momentums is None but momentum is " +

@@ -26,7 +26,6 @@ using namespace fusedopt;
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 ParallelFor pool_parallel_for() {
   return [](int64_t n, int64_t cost, const TaskRange& fn) {
@@ -58,7 +57,7 @@ ClipRequest read_clip(py::handle clip_value, py::handle clip_norm,
     chosen = options[i].first;
     request.kind = kinds[i];
     request.threshold = check_scalar(options[i].second, chosen);
-    check_range(request.threshold, chosen, 0.0, true, kInf, true);
+    check_range(request.threshold, chosen, hyperparameter_range("clip_threshold"));
   }
   return request;
 }
@@ -210,16 +209,16 @@ py::object adam(py::handle params, py::handle grads, py::handle m, py::handle v,
   check_same_layout(p_, {&g_, &m_, &v_}, {"grads", "m", "v"});
   check_no_overlap({&p_, &m_, &v_}, {&g_});
   const double lr_ = check_scalar(lr, "lr");
-  check_range(lr_, "lr", 0.0, false, kInf, true);
+  check_range(lr_, "lr", hyperparameter_range("lr"));
   const double b1 = check_scalar(beta_1, "beta_1");
-  check_range(b1, "beta_1", 0.0, false, 1.0, true);
+  check_range(b1, "beta_1", hyperparameter_range("beta_1"));
   const double b2 = check_scalar(beta_2, "beta_2");
-  check_range(b2, "beta_2", 0.0, false, 1.0, true);
+  check_range(b2, "beta_2", hyperparameter_range("beta_2"));
   const double eps = check_scalar(epsilon, "epsilon");
-  check_range(eps, "epsilon", 0.0, false, kInf, true);
+  check_range(eps, "epsilon", hyperparameter_range("epsilon"));
   const int64_t t = check_step(step, "step");
   const double wd = check_scalar(weight_decay, "weight_decay");
-  check_range(wd, "weight_decay", 0.0, false, kInf, true);
+  check_range(wd, "weight_decay", hyperparameter_range("weight_decay"));
   if (p_.empty()) return py::bool_(true);
 
   const bool decay = wd != 0.0;
@@ -281,12 +280,12 @@ py::object sgd(py::handle params, py::handle grads, py::handle momentums, py::ha
   }
   check_no_overlap({&p_, &m_}, {&g_});
   const double lr_ = check_scalar(lr, "lr");
-  check_range(lr_, "lr", 0.0, false, kInf, true);
+  check_range(lr_, "lr", hyperparameter_range("lr"));
   const double mom = check_scalar(momentum, "momentum");
-  check_range(mom, "momentum", 0.0, false, 1.0, false);
+  check_range(mom, "momentum", hyperparameter_range("momentum"));
   const bool nesterov_ = check_flag(nesterov, "nesterov");
   const double wd = check_scalar(weight_decay, "weight_decay");
-  check_range(wd, "weight_decay", 0.0, false, kInf, true);
+  check_range(wd, "weight_decay", hyperparameter_range("weight_decay"));
   if (!has_m && mom != 0.0) {
     throw py::value_error("momentums is None but momentum is " + std::string(py::repr(momentum)) +
                           "; pass one momentum buffer per parameter (momentum != 0 needs "
@@ -382,6 +381,13 @@ void stream_inplace(py::array_t<float, py::array::c_style> data, float scale, in
 
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "fusedopt's fused optimizer kernels on NumPy arrays (see fusedopt.kernels)";
+  // {name: (low, low_open, high, high_open)}: the one table of valid
+  // hyperparameter values (arrays.h), read by fusedopt.hyperparameters.
+  py::dict ranges;
+  for (const auto& [name, r] : hyperparameter_ranges()) {
+    ranges[py::str(name)] = py::make_tuple(r.lo, r.lo_open, r.hi, r.hi_open);
+  }
+  mod.attr("HYPERPARAMETER_RANGES") = ranges;
   mod.def("adam", &adam, py::arg("params"), py::arg("grads"), py::arg("m"), py::arg("v"),
           py::kw_only(), py::arg("lr"), py::arg("beta_1"), py::arg("beta_2"),
           py::arg("epsilon"), py::arg("step"), py::arg("weight_decay") = 0.0,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from fusedopt import _tensors
+from fusedopt import _C, _tensors
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -57,10 +57,23 @@ class Range:
         return f"{'(' if self.low_open else '['}{self.low}, {high}"
 
 
-NON_NEGATIVE = Range(0.0)
-POSITIVE = Range(0.0, low_open=True)
-UNIT_OPEN = Range(0.0, 1.0)  # [0, 1)
-UNIT_CLOSED = Range(0.0, 1.0, high_open=False)  # [0, 1]
+def _range(key: str) -> Range:
+    """The range of hyperparameter `key` in the one table of them, which the
+    kernels' own checks use too (csrc/python/arrays.cpp)."""
+    low, low_open, high, high_open = _C.HYPERPARAMETER_RANGES[key]
+    return Range(low, high, low_open, high_open)
+
+
+# name -> Range of every hyperparameter the optimizers and transformers check.
+RANGES = {
+    "learning_rate": _range("lr"),
+    "beta_1": _range("beta_1"),
+    "beta_2": _range("beta_2"),
+    "epsilon": _range("epsilon"),
+    "weight_decay": _range("weight_decay"),
+    "momentum": _range("momentum"),
+    "max_norm": _range("clip_threshold"),
+}
 
 
 def is_variable(value) -> bool:

@@ -146,7 +146,7 @@ class ClipByNorm(BuiltinTransformer):
     kind = "norm"
 
     def __init__(self, max_norm):
-        self.max_norm = _checked("max_norm", max_norm, hp.POSITIVE)
+        self.max_norm = _checked("max_norm", max_norm, hp.RANGES["max_norm"])
 
     def _config_values(self):
         return {"max_norm": self.max_norm}
@@ -177,7 +177,7 @@ class ClipByGlobalNorm(BuiltinTransformer):
     kind = "global_norm"
 
     def __init__(self, max_norm):
-        self.max_norm = _checked("max_norm", max_norm, hp.POSITIVE)
+        self.max_norm = _checked("max_norm", max_norm, hp.RANGES["max_norm"])
 
     def _config_values(self):
         return {"max_norm": self.max_norm}

@@ -305,6 +305,15 @@ thread_local cudaError_t g_last_error = cudaSuccess;
 
 LaunchStats& stats() { return g_stats; }
 
+cudaError_t func_attributes(cudaFuncAttributes* attr) {
+  const char* no_code = std::getenv("FUSEDOPT_EMU_NO_KERNEL_CODE");
+  if (no_code != nullptr && std::string(no_code) == "1") return cudaErrorInvalidDeviceFunction;
+  std::memset(attr, 0, sizeof(*attr));
+  const char* threads = std::getenv("FUSEDOPT_EMU_MAX_THREADS");
+  attr->maxThreadsPerBlock = threads != nullptr ? std::atoi(threads) : 1024;
+  return cudaSuccess;
+}
+
 int lane_id() {
   const int linear = static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
   return linear % 32;

@@ -24,7 +24,8 @@
 //   (round to nearest even, CUDA's canonical NaN 0x7FFF), written here
 //   independently of csrc/kernels/half.h.
 // - The driver version cudaDriverGetVersion reports is CUDART_VERSION, or
-//   FUSEDOPT_EMU_DRIVER_VERSION.
+//   FUSEDOPT_EMU_DRIVER_VERSION; cudaFuncGetAttributes can be made to report a
+//   kernel that cannot run (func_attributes below).
 #pragma once
 
 #include <cmath>
@@ -181,12 +182,18 @@ T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
 // ---------------------------------------------------------------------------
 // Launches.
 
+namespace emu {
+// What cudaFuncGetAttributes reports: maxThreadsPerBlock 1024, or
+// FUSEDOPT_EMU_MAX_THREADS (a kernel whose registers allow fewer threads);
+// FUSEDOPT_EMU_NO_KERNEL_CODE=1: cudaErrorInvalidDeviceFunction (no code for
+// this GPU). For the tests that every driver refuses before its first launch.
+cudaError_t func_attributes(cudaFuncAttributes* attr);
+}  // namespace emu
+
 template <typename... Ps>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, void (*kernel)(Ps...)) {
   if (attr == nullptr || kernel == nullptr) return cudaErrorInvalidValue;
-  std::memset(attr, 0, sizeof(*attr));
-  attr->maxThreadsPerBlock = 1024;
-  return cudaSuccess;
+  return emu::func_attributes(attr);
 }
 
 template <typename... Ps, size_t... I>

@@ -995,6 +995,24 @@ void planner_case() {
           "3000 one-chunk tensors: as many launches as the tensor limit needs");
 }
 
+const std::vector<int64_t> kContinuing = {1, 3 * C + 1, 5, 7 * C, 2, C + 1, C};
+const std::vector<const char*> kLimits = {"1,1", "3,5", "2,1000", "1000,3"};
+
+void with_limits(const char* limits, const std::function<void()>& fn) {
+  setenv("FUSEDOPT_CUDA_LAUNCH_LIMITS", limits, 1);
+  fn();
+  unsetenv("FUSEDOPT_CUDA_LAUNCH_LIMITS");
+}
+
+using ST = fc::ScalarType;
+
+Layout single(std::vector<int64_t> sizes, int mask_lists = 0) {
+  Layout l;
+  l.sizes = std::move(sizes);
+  l.masks = alignment_masks(l.sizes.size(), mask_lists);
+  return l;
+}
+
 // ---------------------------------------------------------------------------
 // Launch errors: each launch's own error, not a stale one.
 
@@ -1037,6 +1055,51 @@ void launch_errors_case() {
                          fc::Predicate(), nullptr).empty(),
           "clip='ratio' with host arguments is refused");
   require(pl.buffers[0]->data()[0] == before, "a refused call writes nothing");
+}
+
+// A kernel that cannot run (no code for the GPU, too many registers for 512
+// threads) is refused before the first launch of the call: with one tensor
+// per launch, nothing at all is launched or written.
+void refuse_before_launch_case() {
+  Rng rng(6);
+  const Layout layout = single({5, C + 1, 3 * C, 7}, 4);
+  TensorList<float> p(rng, layout, 0, 1.0), g(rng, layout, 1, 1.0), m(rng, layout, 2, 0.1),
+      v(rng, layout, 3, 0.01, true);
+  const auto s = fc::AdamCudaScalars::Precomputed(fc::Scalar::Host(1e-3), fc::Scalar::Host(0.1),
+                                                  fc::Scalar::Host(0.001), fc::Scalar::Host(1e-7),
+                                                  fc::Scalar::Host(1e-3), fc::Scalar::Host(0));
+  Buffer<double> ws(static_cast<int64_t>(fc::squared_norms_workspace_bytes(layout.sizes) / 8), 0);
+  Buffer<double> norms(4, 0);
+  Buffer<uint8_t> flag(1, 0);
+  flag[0] = 5;
+  std::vector<const void*> graw;
+  for (auto* q : g.const_pointers()) graw.push_back(q);
+  for (const char* setting : {"FUSEDOPT_EMU_NO_KERNEL_CODE=1", "FUSEDOPT_EMU_MAX_THREADS=256"}) {
+    const std::string kv(setting);
+    const std::string key = kv.substr(0, kv.find('=')), value = kv.substr(kv.find('=') + 1);
+    setenv(key.c_str(), value.c_str(), 1);
+    with_limits("1,1", [&] {
+      const long long before = emu::stats().launches;
+      const std::string a = fc::adam_cuda(
+          fc::AdamCudaTensors<float, float>{p.pointers(), g.const_pointers(), m.pointers(),
+                                             v.pointers(), layout.sizes},
+          s, false, fc::ClipArgs::None(), fc::Predicate(), nullptr);
+      const std::string n = fc::squared_norms_cuda<float>(g.const_pointers(), layout.sizes,
+                                                          ST::kFloat64, norms.data(), ws.data(),
+                                                          static_cast<size_t>(ws.size()) * 8, nullptr);
+      const std::string f = fc::all_finite_cuda(FloatFormat::kFloat32, graw, layout.sizes,
+                                                flag.data(), nullptr, nullptr);
+      require(!a.empty() && !n.empty() && !f.empty(), setting + std::string(": refused"));
+      require(a.find("cannot run") != std::string::npos || a.find("threads per block") != std::string::npos,
+              "the message says why: " + a);
+      require(emu::stats().launches == before, setting + std::string(": nothing launched"));
+    });
+    unsetenv(key.c_str());
+    p.check_unchanged("params");
+    m.check_unchanged("m");
+    v.check_unchanged("v");
+    require(flag[0] == 5, "the finite flag untouched (not even the memset)");
+  }
 }
 
 void driver_case() {
@@ -1121,13 +1184,6 @@ void fibers_case() {
 // ---------------------------------------------------------------------------
 // The cases.
 
-Layout single(std::vector<int64_t> sizes, int mask_lists = 0) {
-  Layout l;
-  l.sizes = std::move(sizes);
-  l.masks = alignment_masks(l.sizes.size(), mask_lists);
-  return l;
-}
-
 // Thousands of small tensors: several launches (the tensor limit).
 Layout many_tensors(size_t count, uint64_t seed, int lists) {
   Rng rng(seed);
@@ -1138,16 +1194,6 @@ Layout many_tensors(size_t count, uint64_t seed, int lists) {
   return l;
 }
 
-const std::vector<int64_t> kContinuing = {1, 3 * C + 1, 5, 7 * C, 2, C + 1, C};
-const std::vector<const char*> kLimits = {"1,1", "3,5", "2,1000", "1000,3"};
-
-void with_limits(const char* limits, const std::function<void()>& fn) {
-  setenv("FUSEDOPT_CUDA_LAUNCH_LIMITS", limits, 1);
-  fn();
-  unsetenv("FUSEDOPT_CUDA_LAUNCH_LIMITS");
-}
-
-using ST = fc::ScalarType;
 
 std::map<std::string, std::function<void()>> cases() {
   std::map<std::string, std::function<void()>> c;
@@ -1155,6 +1201,7 @@ std::map<std::string, std::function<void()>> cases() {
   c["fibers"] = fibers_case;
   c["planner"] = planner_case;
   c["launch_errors"] = launch_errors_case;
+  c["refuse_before_launch"] = refuse_before_launch_case;
   c["driver"] = driver_case;
 
   // Adam: every dtype pair over the odd sizes and every alignment mix.
@@ -1199,8 +1246,8 @@ std::map<std::string, std::function<void()>> cases() {
   };
   c["adam_many_tensors"] = [] {
     const long long before = emu::stats().launches;
-    adam_case<float, float>({many_tensors(1500, 40, 4), {ClipKind::kRatio, ST::kFloat32}, true, ST::kHost, false, ST::kHost, -1, 40});
-    require(emu::stats().launches - before >= 4, "1,500 tensors take several launches");
+    adam_case<float, float>({many_tensors(2500, 40, 4), {ClipKind::kRatio, ST::kFloat32}, true, ST::kHost, false, ST::kHost, -1, 40});
+    require(emu::stats().launches - before >= 4, "2,500 tensors take several launches");
   };
   c["adam_continuing"] = [] {
     uint64_t seed = 50;

@@ -16,8 +16,8 @@ class _FusedAdamRule:
 
     @classmethod
     def _hyperparameter_ranges(cls):
-        return {**super()._hyperparameter_ranges(), "beta_1": hp.UNIT_OPEN,
-                "beta_2": hp.UNIT_OPEN, "epsilon": hp.NON_NEGATIVE}
+        return {**super()._hyperparameter_ranges(), "beta_1": hp.RANGES["beta_1"],
+                "beta_2": hp.RANGES["beta_2"], "epsilon": hp.RANGES["epsilon"]}
 
     def _slot_attributes(self):
         slots = {"momentum": "_momentums", "velocity": "_velocities"}

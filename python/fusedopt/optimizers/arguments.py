@@ -96,7 +96,8 @@ class ArgumentStructure:
     @classmethod
     def _hyperparameter_ranges(cls) -> dict:
         """Valid values of every hyperparameter of this class."""
-        return {"learning_rate": hp.NON_NEGATIVE, "weight_decay": hp.NON_NEGATIVE}
+        return {"learning_rate": hp.RANGES["learning_rate"],
+                "weight_decay": hp.RANGES["weight_decay"]}
 
     @classmethod
     def _stock_class(cls) -> type:

@@ -25,7 +25,7 @@ class SGD(Optimizer, keras.optimizers.SGD):
 
     @classmethod
     def _hyperparameter_ranges(cls):
-        return {**super()._hyperparameter_ranges(), "momentum": hp.UNIT_CLOSED}
+        return {**super()._hyperparameter_ranges(), "momentum": hp.RANGES["momentum"]}
 
     def _slot_attributes(self):
         # The stock build creates the momentum slots only for momentum != 0;

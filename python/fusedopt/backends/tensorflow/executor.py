@@ -15,6 +15,10 @@ on that device's copies (`_run_mirrored`).
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+
 import keras
 import tensorflow as tf
 from tensorflow.python.distribute import distribute_lib, mirrored_strategy
@@ -78,11 +82,9 @@ def step_fallback(optimizer, distribution=None) -> str | None:
 
 def can_fold_clip(optimizer) -> bool:
     """Whether a built-in clip can go into the fused ops this step."""
+    # Inside XLA too: the norm and factor ops have XLA kernels (one custom
+    # call each, docs/xla.md) wherever the update op has.
     if step_fallback(optimizer) is not None:
-        return False
-    # Inside XLA the norm and factor ops have no XLA kernels: the stock
-    # clipping runs, compiled as for the stock optimizer.
-    if in_xla_context():
         return False
     # Keras clips (and fusedopt runs the transformers on) each replica's
     # gradients before the cross-replica sum, and the update sees only the
@@ -102,14 +104,13 @@ def all_finite(grads) -> tf.Tensor:
     """A bool scalar tensor: no element of any gradient is Inf or NaN.
 
     CPU gradients are checked by one FusedoptAllFinite op per dtype and
-    device (one multi-threaded pass); others (GPU tensors, inside XLA, or
-    without the op library) with the stock per-tensor ops.
+    device (one multi-threaded pass; inside an XLA cluster one custom call);
+    others (GPU tensors, or without the op library or its XLA kernels) with
+    the stock per-tensor ops.
     """
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
     values = [tf.convert_to_tensor(v) for v in values]
-    # FusedoptAllFinite has no XLA kernel: inside an XLA cluster
-    # (jit_compile=True) the stock ops check, compiled by XLA.
-    lib = None if in_xla_context() else _ops.library()
+    lib = None if in_xla_context() and not _ops.xla_kernels() else _ops.library()
     fused, other = {}, []
     for v in values:
         on_cpu = "GPU" not in v.device.upper() and "TPU" not in v.device.upper()
@@ -244,8 +245,41 @@ def _fallback_reason(grad, var) -> str | None:
         # stock half-precision update compiled by XLA.
         return f"dtype {var.dtype.name} inside an XLA cluster (XLA kernels: float32, float64)"
     if "GPU" in var.device.upper():
-        return "variable on a GPU (the GPU kernels are not verified on a GPU yet)"
+        if in_xla_context():
+            return ("variable on a GPU inside an XLA cluster (the CUDA FFI handlers cover "
+                    "unclipped Adam only; docs/xla.md)")
+        return gpu_reason()
     return None
+
+
+# Set to 1 to run GPU variables through the fused TF GPU kernels (docs/gpu.md).
+TF_GPU_ENV = "FUSEDOPT_TF_GPU"
+
+
+def gpu_reason() -> str | None:
+    """Why GPU variables take the stock update, or None where they are fused.
+
+    The TF GPU kernels are opt-in (FUSEDOPT_TF_GPU=1) until a TensorFlow GPU
+    run has verified them (tests/test_tf_op_fused_gpu.py is that run). With
+    the opt-in, a build without CUDA or a driver too old for the kernels
+    (fusedopt._C.cuda_problem()) falls back with a warning, once per process.
+    """
+    if os.environ.get(TF_GPU_ENV) != "1":
+        return (f"variable on a GPU (the TF GPU kernels are opt-in until verified on a GPU: "
+                f"set {TF_GPU_ENV}=1, docs/gpu.md)")
+    return _gpu_problem()
+
+
+@functools.cache
+def _gpu_problem() -> str | None:
+    from fusedopt import _C
+
+    problem = _C.cuda_problem()
+    if problem is None:
+        return None
+    warnings.warn(f"{TF_GPU_ENV}=1 but the fused GPU kernels cannot run, so GPU variables "
+                  f"take the stock update: {problem}", RuntimeWarning, stacklevel=2)
+    return f"variable on a GPU ({problem})"
 
 
 def _mirrored_fallback_reason(distribution, devices, grad, var) -> str | None:
