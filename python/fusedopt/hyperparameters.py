@@ -25,12 +25,11 @@ import math
 import numbers
 from dataclasses import dataclass
 
-import sys
 
 import keras
 import numpy as np
 
-from fusedopt import _C
+from fusedopt import _C, _tensors
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -78,22 +77,8 @@ RANGES = {
 }
 
 
-def _tf():
-    """TensorFlow where it is imported, else None: a value can only be a TF
-    tensor or variable once TF is imported, and fusedopt imports it only on
-    its Keras backend."""
-    return sys.modules.get("tensorflow")
-
-
 def is_variable(value) -> bool:
-    tf = _tf()
-    return isinstance(value, keras.Variable) or (tf is not None and isinstance(value, tf.Variable))
-
-
-def is_tensor(value) -> bool:
-    """A TF tensor, or a tensor of the Keras backend in use (torch)."""
-    tf = _tf()
-    return (tf is not None and tf.is_tensor(value)) or keras.ops.is_tensor(value)
+    return _tensors.is_variable(value)
 
 
 def is_number(value) -> bool:
@@ -133,23 +118,25 @@ def check(name: str, value, valid: Range, allow_none: bool = False):
         x = _as_float(name, value)
         _check_value(name, x, valid)
         return x
-    if is_variable(value) or is_tensor(value) or isinstance(value, np.ndarray):
+    if is_variable(value) or _tensors.is_tensor(value) or isinstance(value, np.ndarray):
         shape = tuple(value.shape)
         if shape != ():
             raise TypeError(f"{name} must be a scalar (0-d) tensor or variable; got shape {shape}")
-        tf = _tf() if keras.backend.backend() == "tensorflow" else None
-        if tf is not None:
-            dtype = tf.as_dtype(value.dtype)
-            real, dtype_name = dtype.is_floating or dtype.is_integer, dtype.name
-        else:
-            dtype_name = keras.backend.standardize_dtype(value.dtype)
-            real = (keras.backend.is_float_dtype(dtype_name)
-                    or keras.backend.is_int_dtype(dtype_name))
-        if not real:
-            raise TypeError(f"{name} must have a real dtype; got {dtype_name}")
-        if tf is None or tf.executing_eagerly():
-            current = value.numpy() if hasattr(value, "numpy") else value
-            _check_value(name, float(current), valid)
+        dtype = _tensors.dtype_name(value.dtype)
+        if not (_tensors.is_floating(dtype) or _tensors.is_integer(dtype)):
+            raise TypeError(f"{name} must have a real dtype; got {dtype}")
+        if is_variable(value) and name != "learning_rate" and keras.backend.backend() == "jax":
+            # Keras-JAX traces the step once: a variable outside the optimizer's
+            # state would be read as a constant of the compiled step and never
+            # again (the learning rate's variable is optimizer state).
+            raise TypeError(
+                f"{name}: on the JAX backend a hyperparameter cannot be a variable (the "
+                "jitted step would read its value once, when traced, and ignore later "
+                "assignments); pass a number or a LearningRateSchedule (learning_rate may be "
+                "a keras.Variable)")
+        current = _tensors.current_value(value)
+        if current is not None:
+            _check_value(name, current, valid)
         return value
     if isinstance(value, Schedule):
         return value
@@ -178,7 +165,7 @@ def evaluate(value, iterations):
         return value(iterations)
     # Numbers first: no TF call on the common path (under torch.compile a
     # TF function is a graph break).
-    if is_number(value) or value is None or is_variable(value) or is_tensor(value):
+    if is_number(value) or value is None or is_variable(value) or _tensors.is_tensor(value):
         return value
     if callable(value):
         return value()
@@ -191,7 +178,7 @@ def serialize(name: str, value):
     and registered callables serialize; other callables cannot be saved."""
     if value is None or is_number(value):
         return value
-    if is_variable(value) or is_tensor(value):
+    if is_variable(value) or _tensors.is_tensor(value):
         if keras.backend.backend() == "tensorflow":
             return float(np.asarray(value))
         return float(keras.ops.convert_to_numpy(value))

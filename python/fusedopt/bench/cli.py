@@ -11,6 +11,7 @@ Usage examples::
     fusedopt-bench --fit --quick                 # real model.fit: fusedopt vs stock Keras
     fusedopt-bench --fit --out bench/results     # every --fit model and mode
     fusedopt-bench --backend torch --quick       # Keras-torch: fusedopt, stock, torch.optim
+    fusedopt-bench --backend jax --shapes 20x1M  # fusedopt vs Keras-JAX vs optax, jitted
 
 See bench/README.md for what each column means.
 """
@@ -32,6 +33,7 @@ from fusedopt.bench import machine, report, targets
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
 from fusedopt.bench import torch_cases  # registers the Keras-torch cases (--backend torch)
+from fusedopt.bench import jax_cases  # noqa: F401 - registers the JAX cases (--backend jax)
 from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, make_cases, matches, parse_shapes
 from fusedopt.bench.timing import Settings, measure
 
@@ -111,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     preset.add_argument("--quick", action="store_true",
                         help="Adam float32 on 20x1M and 300x256 only, no XLA, few repeats "
                         "(under a minute)")
-    parser.add_argument("--backend", choices=("tensorflow", "torch"), default=None,
-                        help="the Keras backend (KERAS_BACKEND, set before Keras is "
-                        "imported); torch: fusedopt on Keras-torch against its stock "
-                        "optimizers and torch.optim, by default "
-                        f"{', '.join(torch_cases.TORCH_IMPLS)}")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="the Keras backend the optimizer cases run on (KERAS_BACKEND, "
+                        "set before Keras is imported; default: the one in use); jax runs "
+                        "fusedopt-jax, keras-jax and optax, torch runs "
+                        f"{', '.join(torch_cases.TORCH_IMPLS)}, unless --impls says otherwise")
     preset.add_argument("--gpu", action="store_true",
                         help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
                         "up to 1B parameters")
@@ -192,8 +194,11 @@ def select_cases(args, preset: Preset):
     if args.shapes:
         grid = [(o, d, args.shapes) for o, d, _ in grid]
     # The names were checked when the arguments were parsed (checks.names_from).
-    impls = (args.impls or preset.impls
-             or [n for n, i in IMPLEMENTATIONS.items() if i.default])
+    if getattr(args, "backend", None) == "jax" and not args.impls:
+        impls = list(jax_cases.JAX_IMPLEMENTATIONS)
+    else:
+        impls = (args.impls or preset.impls
+                 or [n for n, i in IMPLEMENTATIONS.items() if i.default])
     cases = [case for o, d, shapes in grid for case in make_cases([(o, d)], shapes, impls)]
     n = getattr(args, "steps_per_call", None) or 1
     return [dataclasses.replace(c, steps_per_call=n) if n != 1 else c
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
     if args.out:  # the last check, and the first write: nothing has run yet
         checks.prepare_out(parser, args.out, files=_out_files(args, ("json", "csv", "png")))
 
-    if args.backend != "torch":
+    if args.backend in (None, "tensorflow"):
         _keep_tensorflow_off_the_gpu()
     import fusedopt
 

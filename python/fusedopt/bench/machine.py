@@ -70,8 +70,8 @@ def gpu_info() -> list[dict]:
 def versions() -> dict:
     """Python and the versions of every package the benchmark may use."""
     found = {"python": sys.version.split()[0]}
-    for package in ("fusedopt", "numpy", "tensorflow", "tensorflow-cpu", "keras", "torch",
-                    "cupy", "rich", "matplotlib"):
+    for package in ("fusedopt", "numpy", "tensorflow", "tensorflow-cpu", "keras", "jax",
+                    "jaxlib", "optax", "torch", "cupy", "rich", "matplotlib"):
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

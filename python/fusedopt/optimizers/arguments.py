@@ -27,6 +27,7 @@ import warnings
 
 import keras
 
+from fusedopt import _tensors
 from fusedopt import hyperparameters as hp
 from fusedopt import transformers as tr
 
@@ -72,19 +73,9 @@ def _label(var) -> str:
 
 
 def _gradient_shape(grad):
-    """The (dense) shape of a gradient, a tf.TensorShape (TensorFlow
-    backend); unknown where the trace does not know it."""
-    import tensorflow as tf  # the TensorFlow backend: loaded by Keras already
-
-    if isinstance(grad, tf.IndexedSlices):
-        static = None if grad.dense_shape is None else tf.get_static_value(grad.dense_shape)
-        return tf.TensorShape(static)
-    return tf.TensorShape(grad.shape)
-
-
-def _dtype(x) -> str:
-    """The dtype of a tensor or variable of any Keras backend, by Keras' name."""
-    return keras.backend.standardize_dtype(x.dtype)
+    """The (dense) shape of a gradient (a tuple, None for a dimension the
+    trace does not know), or None where its rank is unknown."""
+    return _tensors.gradient_shape(grad)
 
 
 def _transformer_name(fn) -> str:
@@ -185,8 +176,8 @@ class ArgumentStructure:
                     # keeps it from making one of its own.
                     later[name] = checked
                     checked = _linked_after_construction
-                elif hp.is_tensor(checked):
-                    checked = float(keras.ops.convert_to_numpy(checked))
+                elif _tensors.is_tensor(checked):
+                    checked = float(checked)
                 keras_call[name] = checked
             elif checked is None or hp.is_number(checked):
                 if name in call:
@@ -244,6 +235,17 @@ class ArgumentStructure:
         and restores it, with the variables of the stock optimizer given the
         number.
         """
+        if keras.backend.backend() != "tensorflow":
+            # No backend but TF can share storage between two variables; on JAX
+            # the variable's value is state the jitted step takes and returns:
+            # the user's keras.Variable itself is the optimizer's (tracked in the
+            # same position, so files interchange with stock all the same).
+            if not isinstance(variable, keras.Variable):
+                raise TypeError(
+                    f"learning_rate: on the {keras.backend.backend()} backend a variable "
+                    f"learning rate must be a keras.Variable; got {type(variable).__name__}")
+            self._learning_rate = variable
+            return
         with keras.name_scope(self.name, caller=self):
             linked = keras.Variable(_tf_variable(variable), name="learning_rate",
                                     trainable=False, aggregation="only_first_replica")
@@ -341,36 +343,24 @@ class ArgumentStructure:
     def _check_transformed_gradient(name, grad, old_grad, var):
         if grad is None:
             raise ValueError(f"gradient transformer {name} returned None for variable {_label(var)!r}")
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf  # loaded by Keras already
-
-            if not (isinstance(grad, tf.IndexedSlices) or tf.is_tensor(grad)
-                    or hp.is_variable(grad)):
-                raise TypeError(
-                    f"gradient transformer {name} returned a {type(grad).__name__} for "
-                    f"variable {_label(var)!r}; expected a tensor"
-                )
+        if _tensors.is_sparse(grad) or _tensors.is_tensor(grad) or hp.is_variable(grad):
             shape = _gradient_shape(grad)
-            bad_shape = shape.rank is not None and not shape.is_compatible_with(tuple(var.shape))
         else:
-            # A native tensor of the backend in use (torch): its shape is known.
-            if not (keras.ops.is_tensor(grad) or hp.is_variable(grad)):
-                raise TypeError(
-                    f"gradient transformer {name} returned a {type(grad).__name__} for "
-                    f"variable {_label(var)!r}; expected a tensor"
-                )
-            shape = tuple(grad.shape)
-            bad_shape = shape != tuple(var.shape)
-        if bad_shape:
-            raise ValueError(
-                f"gradient transformer {name} returned a gradient of shape {shape} for "
-                f"variable {_label(var)!r} of shape {tuple(var.shape)}"
+            raise TypeError(
+                f"gradient transformer {name} returned a {type(grad).__name__} for variable "
+                f"{_label(var)!r}; expected a tensor"
             )
-        dtype = _dtype(grad)
-        if dtype not in (_dtype(var), _dtype(old_grad)):
+        if shape is not None and not _tensors.shapes_compatible(shape, tuple(var.shape)):
+            raise ValueError(
+                f"gradient transformer {name} returned a gradient of shape "
+                f"{_tensors.shape_str(shape)} for variable {_label(var)!r} of shape "
+                f"{tuple(var.shape)}"
+            )
+        dtype = _tensors.dtype_name(grad.dtype)
+        if dtype not in (_tensors.dtype_name(var.dtype), _tensors.dtype_name(old_grad.dtype)):
             raise ValueError(
                 f"gradient transformer {name} returned a {dtype} gradient for variable "
-                f"{_label(var)!r} of dtype {_dtype(var)}"
+                f"{_label(var)!r} of dtype {_tensors.dtype_name(var.dtype)}"
             )
 
     # ------------------------------------------------------------------ state

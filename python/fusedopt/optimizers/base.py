@@ -50,6 +50,10 @@ def _executor():
         from fusedopt.backends.torch import executor
 
         return executor
+    if backend == "jax":
+        from fusedopt.backends.jax import executor
+
+        return executor
     return None
 
 
@@ -117,6 +121,9 @@ class Optimizer(StepGuard, ArgumentStructure, keras.optimizers.Optimizer):
         if executor is None:
             _warn_stock(keras.backend.backend())
             return super()._backend_apply_gradients(grads, trainable_variables)
+        if hasattr(executor, "backend_apply_gradients"):
+            # The backend's own flow (JAX: Keras' JaxOptimizer, stateless).
+            return executor.backend_apply_gradients(self, grads, trainable_variables)
         if self.gradient_accumulation_steps:
             is_update_step = (self._iterations + 1) % self.gradient_accumulation_steps == 0
             # `trainable_variables` might have been filtered in previous

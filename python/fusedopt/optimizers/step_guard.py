@@ -34,17 +34,15 @@ from __future__ import annotations
 
 import keras
 
+from fusedopt import _tensors
 from fusedopt.optimizers.arguments import _gradient_shape, _label
 
 
-def all_finite(grads):
-    """The all-finite check of the Keras backend in use (its executor's):
-    a bool scalar tensor. TensorFlow is imported only on its backend."""
-    if keras.backend.backend() == "torch":
-        from fusedopt.backends.torch.executor import all_finite as check
-    else:
-        from fusedopt.backends.tensorflow.executor import all_finite as check
-    return check(grads)
+def _executor():
+    """The backend's executor (its `all_finite`, `executing_eagerly`), or None."""
+    from fusedopt.optimizers.base import _executor as executor
+
+    return executor()
 
 
 def check_apply_arguments(grads, variables, var_key) -> None:
@@ -70,50 +68,26 @@ def check_apply_arguments(grads, variables, var_key) -> None:
     for i, (grad, var) in enumerate(zip(grads, variables)):
         if grad is None:
             continue
-        if keras.backend.backend() != "tensorflow":
-            # Another backend's tensor (torch): checked as it is, never
-            # converted to TF (a copy of every gradient, or a failure on a GPU).
-            if not keras.ops.is_tensor(grad):
-                try:
-                    grad = keras.ops.convert_to_tensor(grad)
-                except (TypeError, ValueError, RuntimeError) as e:
-                    raise TypeError(
-                        f"gradient {i} (for variable {_label(var)!r}) must be a tensor; "
-                        f"got {type(grad).__name__}"
-                    ) from e
-            dtype = keras.backend.standardize_dtype(grad.dtype)
-            if not (keras.backend.is_float_dtype(dtype) or dtype.startswith("complex")):
-                raise TypeError(
-                    f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype}; "
-                    "expected a floating-point (or complex) gradient"
-                )
-            if tuple(grad.shape) != tuple(var.shape):
-                raise ValueError(
-                    f"gradient {i} has shape {tuple(grad.shape)} but its variable "
-                    f"{_label(var)!r} has shape {tuple(var.shape)}; nothing was updated"
-                )
-            continue
-        import tensorflow as tf  # the TensorFlow backend: loaded by Keras already
-
-        if not (tf.is_tensor(grad) or isinstance(grad, (tf.IndexedSlices, tf.Variable))):
+        if not (_tensors.is_tensor(grad) or _tensors.is_sparse(grad)
+                or _tensors.is_variable(grad)):
             try:
-                grad = tf.convert_to_tensor(grad)
+                grad = keras.ops.convert_to_tensor(grad)
             except (TypeError, ValueError) as e:
                 raise TypeError(
                     f"gradient {i} (for variable {_label(var)!r}) must be a tensor or "
                     f"IndexedSlices; got {type(grad).__name__}"
                 ) from e
-        dtype = tf.as_dtype(grad.dtype)
-        if not (dtype.is_floating or dtype.is_complex):
+        dtype = _tensors.dtype_name(grad.dtype)
+        if not (_tensors.is_floating(dtype) or _tensors.is_complex(dtype)):
             raise TypeError(
-                f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype.name}; "
+                f"gradient {i} (for variable {_label(var)!r}) has dtype {dtype}; "
                 "expected a floating-point (or complex) gradient"
             )
         shape = _gradient_shape(grad)
-        if not shape.is_compatible_with(tuple(var.shape)):
+        if not _tensors.shapes_compatible(shape, tuple(var.shape)):
             raise ValueError(
-                f"gradient {i} has shape {shape} but its variable {_label(var)!r} has shape "
-                f"{tuple(var.shape)}; nothing was updated"
+                f"gradient {i} has shape {_tensors.shape_str(shape)} but its variable "
+                f"{_label(var)!r} has shape {tuple(var.shape)}; nothing was updated"
             )
 
 
@@ -160,12 +134,13 @@ class StepGuard:
                 self.build(trainable_variables)
             self.built = True
 
-        if keras.backend.backend() == "torch":
-            return self._apply_if_finite_torch(grads, trainable_variables)
-        import tensorflow as tf  # the TensorFlow backend: loaded by Keras already
-
-        if tf.executing_eagerly():
-            if bool(all_finite(grads)):
+        executor = _executor()
+        if executor is None:
+            raise NotImplementedError(
+                f"skip_nonfinite=True is not available on the Keras "
+                f"{keras.backend.backend()!r} backend yet (fusedopt has no executor there)")
+        if executor.executing_eagerly():
+            if bool(executor.all_finite(grads)):
                 super().apply(grads, trainable_variables)
             return None
         if self._gated_by_inputs(trainable_variables):
@@ -173,6 +148,12 @@ class StepGuard:
             # apply_if input (fusedopt.core.plan.step_gate).
             return super().apply(grads, trainable_variables)
         stock_apply = super().apply
+        if keras.backend.backend() != "tensorflow":
+            # A stateless step (JAX): both outcomes are values, one is kept.
+            return executor.apply_if_finite(self, stock_apply, grads, trainable_variables)
+        import tensorflow as tf
+
+        all_finite = executor.all_finite
         if (tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()
                 and not tf.__internal__.distribute.strategy_supports_no_merge_call()):
             tf.distribute.get_replica_context().merge_call(
@@ -181,24 +162,13 @@ class StepGuard:
         tf.cond(all_finite(grads), lambda: stock_apply(grads, trainable_variables), lambda: None)
         return None
 
-    def _apply_if_finite_torch(self, grads, trainable_variables):
-        # Keras' torch backend (fusedopt.backends.torch.executor). Where the
-        # plan gates the step, the check is the fused ops' apply_if input (no
-        # host sync). Otherwise the whole stock apply runs only if the check
-        # passes, decided on the host: a sync with a CUDA device, and a graph
-        # break under torch.compile (docs/backends.md, PyTorch).
-        if self._gated_by_inputs(trainable_variables):
-            return super().apply(grads, trainable_variables)
-        if bool(all_finite(grads)):
-            super().apply(grads, trainable_variables)
-        return None
-
     def _apply_if_finite_everywhere(self, distribution, grads, trainable_variables):
         # Cross-replica context: before the all-reduce each replica holds its
         # own gradients; the step runs only if all of them are finite.
         # (ReduceOp has SUM and MEAN only: count the replicas with a bad value.)
         import tensorflow as tf
 
+        all_finite = _executor().all_finite
         per_replica = distribution.extended.call_for_each_replica(
             lambda g: tf.cast(tf.logical_not(all_finite(g)), tf.int32), args=(grads,))
         finite = distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) == 0

@@ -72,6 +72,16 @@ def executing_eagerly() -> bool:
 # --------------------------------------------------------------- the check
 
 
+def apply_if_finite(optimizer, stock_apply, grads, trainable_variables):
+    """skip_nonfinite where the plan cannot gate the step (EMA, accumulation,
+    constraints, user transformers): the whole stock apply runs only if every
+    gradient is finite, decided on the host (a sync with a CUDA device, and a
+    graph break under torch.compile; docs/backends.md, PyTorch)."""
+    if bool(all_finite(grads)):
+        stock_apply(grads, trainable_variables)
+    return None
+
+
 def all_finite(grads) -> torch.Tensor:
     """A bool 0-d tensor: no element of any gradient is Inf or NaN. One fused
     pass per device over the CPU gradients of the fused dtypes; the stock
