@@ -18,8 +18,12 @@ import numpy as np
 
 
 def _tf():
-    """TensorFlow where it is imported already (the TF backend imports it),
-    else None: never imported from here."""
+    """TensorFlow on Keras' TensorFlow backend (which has imported it), else
+    None: never imported from here. On the other backends TF values are not
+    hyperparameters or gradients of theirs, and a TF call there would break a
+    torch.compile graph even where some other code has imported TF."""
+    if keras.backend.backend() != "tensorflow":
+        return None
     tf = sys.modules.get("tensorflow")
     return tf if tf is not None and hasattr(tf, "is_tensor") else None
 
