@@ -163,6 +163,9 @@ def _pair(a, b):
 _CPU_BUILD = not fusedopt.build_info()["cuda"]
 _no_cuda = pytest.mark.skipif(not _CPU_BUILD, reason="CPU-build message (no CUDA kernels)")
 NO_CUDA = "no CUDA kernels"
+_cuda_without_device = pytest.mark.skipif(
+    _CPU_BUILD or fusedopt._C.cuda_problem() is None,
+    reason="a CUDA build in a process that sees no usable CUDA device")
 
 # name: (function, base call, mutation, error, pattern naming the argument)
 KERNEL_CASES = {
@@ -223,10 +226,22 @@ KERNEL_CASES = {
                              TypeError, r"grads\[1\].*NumPy array.*EagerTensor"),
     "sgd_params_a_memoryview": ("sgd", set_item("params", 0, lambda a, c: memoryview(a)),
                                 TypeError, r"params\[0\].*NumPy array"),
-    "sgd_grads_cuda_array": ("sgd", set_item("grads", 1, lambda a, c: FakeCudaArray(a)),
-                             TypeError, r"grads\[1\].*NumPy array.*only kernels.adam"),
-    "norm_cuda_array": ("global_norm", set_item("arrays", 0, lambda a, c: FakeCudaArray(a)),
-                        TypeError, r"arrays\[0\].*NumPy array.*only kernels.adam"),
+    # Every kernel takes CUDA arrays (docs/gpu.md): refused in a CPU build,
+    # and in a CUDA build where no device can be used.
+    "sgd_grads_cuda_array": pytest.param(
+        "sgd", set_item("grads", 1, lambda a, c: FakeCudaArray(a)), RuntimeError,
+        rf"grads\[1\] is a CUDA array.*{NO_CUDA}", marks=_no_cuda),
+    "norm_cuda_array": pytest.param(
+        "global_norm", set_item("arrays", 0, lambda a, c: FakeCudaArray(a)), RuntimeError,
+        rf"arrays\[0\] is a CUDA array.*{NO_CUDA}", marks=_no_cuda),
+    "sgd_grads_cuda_array_no_device": pytest.param(
+        "sgd", set_item("grads", 1, lambda a, c: FakeCudaArray(a)), RuntimeError,
+        r"grads\[1\]: cannot query its CUDA memory.*no usable CUDA device",
+        marks=_cuda_without_device),
+    "norm_cuda_array_no_device": pytest.param(
+        "global_norm", set_item("arrays", 0, lambda a, c: FakeCudaArray(a)), RuntimeError,
+        r"arrays\[0\]: cannot query its CUDA memory.*no usable CUDA device",
+        marks=_cuda_without_device),
     "adam_grads_cuda_array": pytest.param(
         "adam", set_item("grads", 1, lambda a, c: FakeCudaArray(a)), RuntimeError,
         rf"grads\[1\] is a CUDA array.*{NO_CUDA}", marks=_no_cuda),

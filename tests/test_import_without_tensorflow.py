@@ -21,11 +21,14 @@ def test_kernels_import_and_run_without_tensorflow():
         try:
             fusedopt.Adam
         except ImportError as e:
-            assert "needs TensorFlow" in str(e), e
+            for needed in ("needs Keras", "fusedopt[tensorflow]", "fusedopt[jax]",
+                           "fusedopt[torch]"):
+                assert needed in str(e), e
         else:
             raise AssertionError("fusedopt.Adam without TensorFlow")
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    # (An editable install's rebuild may print before it.)
+    assert out.stdout.strip().splitlines()[-1] == "ok"
