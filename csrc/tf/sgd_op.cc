@@ -18,6 +18,7 @@
 #include "tf/clip_args.h"
 #include "tf/dtypes.h"
 #include "tf/fused_update.h"
+#include "tf/sgd_attrs.h"
 
 namespace fusedopt {
 namespace {
@@ -26,15 +27,6 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 
 const std::vector<std::string> kSgdScalars = {"lr", "momentum", "weight_decay",
                                               "decay_lr"};
-
-absl::Status CheckMomentumCount(int n, int m) {
-  if (m != 0 && m != n) {
-    return tf::errors::InvalidArgument(
-        "momentums has ", m, " variables but params has ", n,
-        "; pass one momentum buffer per parameter, or none for plain SGD");
-  }
-  return absl::OkStatus();
-}
 
 REGISTER_OP("FusedoptSgd")
     .Input("params: N * resource")
@@ -80,25 +72,12 @@ template <typename T>
 class FusedoptSgdOp : public tf::OpKernel {
  public:
   explicit FusedoptSgdOp(tf::OpKernelConstruction* ctx) : tf::OpKernel(ctx) {
-    int n, m;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("M", &m));
-    OP_REQUIRES_OK(ctx, CheckMomentumCount(n, m));
-    num_tensors_ = n;
-    bool nesterov = false;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &nesterov));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("apply_weight_decay", &apply_weight_decay_));
-    std::string clip;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("clip", &clip));
-    OP_REQUIRES_OK(ctx, ParseClipKind(clip, &clip_kind_));
-    variant_ = m == 0    ? SgdVariant::kPlain
-               : nesterov ? SgdVariant::kNesterov
-                          : SgdVariant::kMomentum;
+    OP_REQUIRES_OK(ctx, ReadSgdAttrs(ctx, &attrs_));
   }
 
   void Compute(tf::OpKernelContext* ctx) override {
     GradClip<T> clip;
-    OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, clip_kind_, num_tensors_, &clip));
+    OP_REQUIRES_OK(ctx, ReadClipArgs<T>(ctx, attrs_.clip_kind, attrs_.num_tensors, &clip));
     bool apply;
     OP_REQUIRES_OK(ctx, ReadApplyIf(ctx, &apply));
     FusedUpdate<CPUDevice, T> update(ctx, {"params", "momentums"}, "grads", kSgdScalars);
@@ -114,25 +93,22 @@ class FusedoptSgdOp : public tf::OpKernel {
     auto& vars = update.variables();
     SgdTensors<kernel_t<T>> t;
     t.params.reserve(update.grads().size());
-    if (variant_ != SgdVariant::kPlain) t.m.reserve(update.grads().size());
+    if (attrs_.variant != SgdVariant::kPlain) t.m.reserve(update.grads().size());
     t.grads.reserve(update.grads().size());
     t.sizes.reserve(update.grads().size());
     for (size_t i = 0; i < update.grads().size(); ++i) {
       t.params.push_back(KernelData<T>(vars[0][i]));
-      if (variant_ != SgdVariant::kPlain) {
+      if (attrs_.variant != SgdVariant::kPlain) {
         t.m.push_back(KernelData<T>(vars[1][i]));
       }
       t.grads.push_back(KernelData<T>(update.grads()[i]));
       t.sizes.push_back(update.grads()[i].NumElements());
     }
-    sgd_cpu(t, s, variant_, apply_weight_decay_, TfParallelFor(ctx), ComputeClip(clip));
+    sgd_cpu(t, s, attrs_.variant, attrs_.apply_weight_decay, TfParallelFor(ctx), ComputeClip(clip));
   }
 
  private:
-  SgdVariant variant_ = SgdVariant::kPlain;
-  bool apply_weight_decay_ = false;
-  ClipKind clip_kind_ = ClipKind::kNone;
-  int num_tensors_ = 0;
+  SgdAttrs attrs_;
 };
 
 FUSEDOPT_REGISTER_CPU_KERNELS("FusedoptSgd", FusedoptSgdOp);
