@@ -117,16 +117,20 @@ inline bool SameShape(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
   return da.size() == db.size() && std::equal(da.begin(), da.end(), db.begin());
 }
 
-// `b` (called `name`) has element type `t` and the shape of `like`.
-inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const std::string& name, ffi::DataType t,
-                            const ffi::AnyBuffer& like, const std::string& like_name) {
+// `b` (called list[i]) has element type `t` and the shape of `like` (called
+// like_list[k]). The names are built only for the error: this runs once per
+// tensor of every call, and the strings cost more than the comparison.
+inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const char* list, size_t i, ffi::DataType t,
+                            const ffi::AnyBuffer& like, const char* like_list, size_t k) {
   if (b.element_type() != t) {
-    return ffi::Error::InvalidArgument(name + " has element type " + TypeName(b.element_type()) +
-                                       " but " + like_name + " has " + TypeName(t));
+    return ffi::Error::InvalidArgument(Named(list, i) + " has element type " +
+                                       TypeName(b.element_type()) + " but " +
+                                       Named(like_list, k) + " has " + TypeName(t));
   }
   if (!SameShape(b, like)) {
-    return ffi::Error::InvalidArgument(name + " has shape " + ShapeString(b) + " but " +
-                                       like_name + " has shape " + ShapeString(like));
+    return ffi::Error::InvalidArgument(Named(list, i) + " has shape " + ShapeString(b) +
+                                       " but " + Named(like_list, k) + " has shape " +
+                                       ShapeString(like));
   }
   return ffi::Error::Success();
 }

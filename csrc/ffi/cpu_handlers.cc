@@ -39,8 +39,7 @@ ffi::Error CheckTensors(const Buffers& args, const Buffers& rets, const UpdateLi
   for (size_t l = 0; l < lists.names.size(); ++l) {
     for (size_t i = 0; i < lists.sizes[l]; ++i) {
       const size_t k = i % num_tensors;
-      if (auto e = CheckLike(args[offset + i], Named(lists.names[l], i), t, args[k],
-                             Named("params", k));
+      if (auto e = CheckLike(args[offset + i], lists.names[l], i, t, args[k], "params", k);
           e.failure()) {
         return e;
       }
@@ -93,6 +92,11 @@ ffi::Error AdamTyped(const Buffers& args, const Buffers& rets, size_t n, bool de
   if (!ReadApplyIf(apply_if)) return ffi::Error::Success();
   AdamScalars<compute_t<T>> scalars{s[0], s[1], s[2], s[3], s[4], s[5]};
   AdamTensors<T> tensors;
+  tensors.params.reserve(n);
+  tensors.m.reserve(n);
+  tensors.v.reserve(n);
+  tensors.grads.reserve(n);
+  tensors.sizes.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     tensors.params.push_back(static_cast<T*>(rets[i].untyped_data()));
     tensors.m.push_back(static_cast<T*>(rets[n + i].untyped_data()));
@@ -171,6 +175,10 @@ ffi::Error SgdTyped(const Buffers& args, const Buffers& rets, size_t n, size_t m
   if (!ReadApplyIf(apply_if)) return ffi::Error::Success();
   SgdScalars<compute_t<T>> scalars{s[0], s[1], s[2], s[3]};
   SgdTensors<T> tensors;
+  tensors.params.reserve(n);
+  tensors.m.reserve(m_count);
+  tensors.grads.reserve(n);
+  tensors.sizes.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     tensors.params.push_back(static_cast<T*>(rets[i].untyped_data()));
     if (m_count > 0) tensors.m.push_back(static_cast<T*>(rets[n + i].untyped_data()));

@@ -53,7 +53,7 @@ ffi::Error AdamCudaTyped(const Buffers& args, const Buffers& rets, size_t n, boo
   const char* lists[] = {"params", "m", "v", "grads"};
   for (size_t l = 0; l < 4; ++l) {
     for (size_t i = 0; i < n; ++i) {
-      if (auto e = CheckLike(args[l * n + i], Named(lists[l], i), t, args[i], Named("params", i));
+      if (auto e = CheckLike(args[l * n + i], lists[l], i, t, args[i], "params", i);
           e.failure()) {
         return e;
       }
