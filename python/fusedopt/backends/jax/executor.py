@@ -19,6 +19,11 @@ every parameter and slot in place (no copy: tests/backends/jax read the
 compiled HLO). Conditionals are values, as in Keras' JaxOptimizer: both
 outcomes are computed and `lax.cond` keeps one (`_keep_if`).
 
+Under `keras.distribution.DataParallel` / `ModelParallel` each custom call
+runs inside `jax.shard_map`, every operand as its variable's PartitionSpec:
+each device updates its replica or its shard, and XLA gathers nothing (the
+"distribution" section below; docs/backends.md).
+
 `backend_apply_gradients` is Keras' `JaxOptimizer._backend_apply_gradients`
 (Keras 3.15: gradient accumulation, EMA) with its update (clip, weight decay,
 `_backend_update_step`) replaced by the planned update.
