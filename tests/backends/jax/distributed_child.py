@@ -118,7 +118,23 @@ def hlo_counts(model, distribution, x, y):
     for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute",
                "reduce-scatter"):
         counts[op] = len(re.findall(rf"\b{op}(-start)?\(", hlo))
+    counts["in_place"] = in_place(hlo)
     return counts
+
+
+def in_place(hlo):
+    """Of the fused update call's parameters and slots (its results, aliased
+    to its first operands): how many are the step's own (donated) entry
+    parameters, not copies. [that many, how many] or None without a call."""
+    lines = [line for line in hlo.splitlines()
+             if re.search(r'custom_call_target="fusedopt_(adam|sgd)"', line)]
+    if len(lines) != 1:
+        return None
+    results = re.search(r"= \((.*?)\) custom-call\(", lines[0]).group(1)
+    written = len(re.findall(r"\b[fsu]\d+\[", results))
+    operands = re.search(r"custom-call\((.*?)\), custom_call_target", lines[0]).group(1)
+    operands = [o.strip() for o in re.sub(r"/\*.*?\*/", "", operands).split(",")]
+    return [sum(o.startswith("%param") for o in operands[:written]), written]
 
 
 def run_case(name):

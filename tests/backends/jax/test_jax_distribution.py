@@ -80,6 +80,10 @@ def test_data_parallel_fit_runs_fused_on_every_replica(results, case, target):
     # gradients' all-reduce is Keras' / XLA's, as for stock).
     for op in COLLECTIVES:
         assert result["fused"][op] == result["stock"][op], (op, result)
+    # Every parameter and slot goes into the call as the step's donated
+    # buffer, in place (measured: all of them).
+    done, written = result["fused"]["in_place"]
+    assert done == written, result["fused"]
 
 
 @pytest.mark.parametrize("case, target", [("mp-adam", "fusedopt_adam"),
@@ -90,6 +94,11 @@ def test_model_parallel_fit_updates_shard_by_shard(results, case, target):
     assert_fused(result, target)
     for op in COLLECTIVES:
         assert result["fused"][op] <= result["stock"][op], (op, result)
+    # Every shard of a parameter or slot is the step's donated buffer but
+    # one: the last layer's bias, which the loss reads next to the call
+    # (copied on one device too, test_jax_compiled.py).
+    done, written = result["fused"]["in_place"]
+    assert done >= written - 1, result["fused"]
 
 
 @pytest.mark.parametrize("case, target", [("dp-clipnorm", "fusedopt_adam"),
