@@ -587,7 +587,8 @@ def _fold_clip(kernel_clip, groups, fallback, optimizer, transformer):
     for i, (grad, var) in fallback:
         gdtype = _dtype(grad)
         factor_dtype = gdtype if gdtype in ("float16", "bfloat16", "float32", "float64") else "float64"
-        factors, ok = ffi.clip_factors(sums, _scalar(max_norm, factor_dtype), kind="global_norm")
+        factors, ok = ffi.clip_factors(sums, _scalar(max_norm, factor_dtype), kind="global_norm",
+                                       dtype=factor_dtype)
         finite = ok if finite is None else finite
         clipped.append((i, (grad * ops.cast(factors[0], gdtype), var)))
     return args, clipped, finite
