@@ -176,6 +176,12 @@ def _sharding_reason(optimizer, variable) -> str | None:
     return None
 
 
+def _on_shards_of(grad, variable) -> bool:
+    """Whether `grad` can go into shard_map as `variable`'s PartitionSpec."""
+    return (hasattr(grad, "shape") and tuple(grad.shape) == tuple(variable.shape)
+            and _layout_reason(variable) is None)
+
+
 def _on_shards(fn, in_specs, out_specs):
     """`fn` run by every device on its shards of the operands (jax.shard_map
     over the distribution's mesh). check_vma=False: the FFI calls carry no
@@ -216,17 +222,23 @@ def _squared_norms(grads, variables):
 
 
 def _sharded_all_finite(grads, variables):
-    """all_finite under a distribution: the float32/float64 gradients whose
-    variables are evenly laid out checked by each device on its shards
-    (`fusedopt_all_finite`), and-ed over the mesh axes that shard them
-    (pmin); any other gradient by the stock jnp.isfinite (XLA partitions
-    it)."""
+    """all_finite under a distribution: the floating-point gradients of
+    their variables' shapes whose layouts shard_map takes, checked by each
+    device on its shards (`fusedopt_all_finite`) and and-ed over the mesh
+    axes that shard them (pmin); any other gradient by the stock
+    jnp.isfinite (XLA partitions it); so is every gradient under another
+    distribution, or where the variables are not given."""
+    grads = list(grads)
+    variables = [None] * len(grads) if variables is None else list(variables)
     present = [(g, v) for g, v in zip(grads, variables) if g is not None]
-    if _handlers_error() is not None:
+    distribution = keras.distribution.distribution()
+    if (_handlers_error() is not None or not isinstance(distribution, _DISTRIBUTIONS)
+            or any(v is None for _, v in present)):
         sharded, other = [], [g for g, _ in present]
     else:
         sharded = [(g, v) for g, v in present
-                   if _dtype(g) in FUSED_DTYPES and _layout_reason(v) is None]
+                   if _dtype(g) in ("float16", "bfloat16", "float32", "float64")
+                   and _on_shards_of(g, v)]
         other = [g for g, _ in present if not any(g is s for s, _ in sharded)]
     checks = [jnp.all(jnp.isfinite(g)) for g in other]
     if sharded:
@@ -260,7 +272,7 @@ def all_finite(grads, variables=None):
     variables: the gradients' variables (aligned with `grads`); under a
     keras.distribution the check runs on each device's shards
     (`_sharded_all_finite`)."""
-    if keras.distribution.distribution() is not None and variables is not None:
+    if keras.distribution.distribution() is not None:
         return _sharded_all_finite(grads, variables)
     values = [jnp.asarray(g) for g in grads if g is not None]
     if _handlers_error() is None:
@@ -605,7 +617,7 @@ def _squared_norm(grad, var):
     if _dtype(grad) in ("float16", "bfloat16", "float32", "float64"):
         if keras.distribution.distribution() is None:
             return ffi.squared_norms([grad])
-        if _layout_reason(var) is None:
+        if _on_shards_of(grad, var):
             return _squared_norms([grad], [var])
         return jnp.reshape(jnp.sum(jnp.square(grad)), (1,))
     return jnp.reshape(jnp.sum(jnp.square(jnp.abs(grad))).astype(jnp.float64), (1,))
