@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: parity
+# Keras-JAX needs no TensorFlow here; where it is installed, importing it
+# (keras.utils.set_random_seed seeds TF too) costs several seconds.
+sys.modules["tensorflow"] = None
 
 import numpy as np
 
