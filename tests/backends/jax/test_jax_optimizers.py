@@ -328,6 +328,24 @@ def test_float16_variables_fall_back_with_their_reason():
     assert ulp_distance(variables[0].numpy(), stock_vars[0].numpy()) <= 1
 
 
+def test_global_clipnorm_with_a_float16_fallback_variable():
+    """A folded global clip over a float32 group and a float16 fallback
+    pair: the fallback's factor is computed in float16 (it raised a
+    TypeError: max_norm float16, factors float32), the clip scales both."""
+    variables = [keras.Variable(np.ones(3, "float32")),
+                 keras.Variable(np.ones(5, "float16"), dtype="float16")]
+    opt = fusedopt.SGD(learning_rate=0.1, global_clipnorm=0.5)
+    run, _ = jitted_apply(opt, variables)
+    run([jnp.full(3, 2.0, "float32"), jnp.full(5, 2.0, "float16")])
+    paths = list(opt.fused_paths.values())
+    assert paths[0] == plan_mod.FUSED and paths[1].startswith("fallback: dtype float16"), paths
+    # Global norm sqrt(8 * 4) = 5.66: every gradient element becomes
+    # 2 * 0.5 / 5.66 = 0.177, the step 0.0177.
+    np.testing.assert_allclose(variables[0].numpy(), 1 - 0.1 * 2 * 0.5 / np.sqrt(32), rtol=1e-6)
+    np.testing.assert_allclose(variables[1].numpy().astype("float32"),
+                               1 - 0.1 * 2 * 0.5 / np.sqrt(32), rtol=1e-3)
+
+
 # ------------------------------------------------------- skip_nonfinite
 
 

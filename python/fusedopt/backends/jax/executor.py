@@ -19,6 +19,11 @@ every parameter and slot in place (no copy: tests/backends/jax read the
 compiled HLO). Conditionals are values, as in Keras' JaxOptimizer: both
 outcomes are computed and `lax.cond` keeps one (`_keep_if`).
 
+Under `keras.distribution.DataParallel` / `ModelParallel` each custom call
+runs inside `jax.shard_map`, every operand as its variable's PartitionSpec:
+each device updates its replica or its shard, and XLA gathers nothing (the
+"distribution" section below; docs/backends.md).
+
 `backend_apply_gradients` is Keras' `JaxOptimizer._backend_apply_gradients`
 (Keras 3.15: gradient accumulation, EMA) with its update (clip, weight decay,
 `_backend_update_step`) replaced by the planned update.
@@ -64,9 +69,10 @@ def step_fallback(optimizer) -> str | None:
     reason = optimizer._fused_unsupported_reason()
     if reason:
         return reason
-    if keras.distribution.distribution() is not None:
-        return ("under a keras.distribution distribution (the fused update is not "
-                "verified with sharded or replicated variables yet)")
+    distribution = keras.distribution.distribution()
+    if distribution is not None and not isinstance(distribution, _DISTRIBUTIONS):
+        return (f"under keras.distribution {type(distribution).__name__} (fused under "
+                "DataParallel and ModelParallel only)")
     platform = jax.default_backend()
     if platform != "cpu":
         return (f"JAX platform {platform!r} (the CUDA FFI handlers are not verified on a "
@@ -76,8 +82,9 @@ def step_fallback(optimizer) -> str | None:
 
 def can_fold_clip(optimizer) -> bool:
     """Whether a built-in clip can go into the fused calls this step: always
-    where the step is fused (one replica; the norm and factor handlers run
-    under XLA)."""
+    where the step is fused (the norm and factor handlers run under XLA;
+    under a distribution the norms of sharded gradients are summed over
+    their shards, `_squared_norms`)."""
     return step_fallback(optimizer) is None
 
 
@@ -87,13 +94,186 @@ def executing_eagerly() -> bool:
     return False
 
 
+# ----------------------------------------------------------- distribution
+#
+# An XLA FFI custom call is opaque to XLA's SPMD partitioner: given sharded
+# (or replicated) operands under jit it would gather them and run the call on
+# whole arrays on every device. Under a keras.distribution the executor calls
+# the handlers inside `jax.shard_map` instead, with each operand's
+# PartitionSpec the one of its variable's layout: every device runs the
+# handler on its own shards (DataParallel: the whole replicated variable and
+# its all-reduced gradient; ModelParallel: the variable's shard). The update
+# is element-wise, so this is the update of the whole array; the reductions
+# (the clip norms, the non-finite check) are summed (psum) or and-ed (pmin)
+# over the mesh axes that shard each gradient.
+
+_DISTRIBUTIONS = (keras.distribution.DataParallel, keras.distribution.ModelParallel)
+
+
+def _sharding(variable):
+    """The variable's `jax.sharding.NamedSharding` (its Keras layout), or None."""
+    layout = getattr(variable, "_layout", None)
+    if isinstance(layout, keras.distribution.TensorLayout):
+        layout = layout.backend_layout
+    return layout if isinstance(layout, jax.sharding.NamedSharding) else None
+
+
+def _spec(variable) -> tuple:
+    """The variable's PartitionSpec as a tuple of one entry per dimension
+    (None, or a tuple of mesh axis names)."""
+    spec = tuple(_sharding(variable).spec)
+    spec = spec + (None,) * (len(variable.shape) - len(spec))
+    return tuple(None if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec)
+
+
+def _partition_spec(spec) -> jax.sharding.PartitionSpec:
+    return jax.sharding.PartitionSpec(*spec)
+
+
+def _sharded_axes(spec) -> tuple:
+    """The mesh axes that shard a variable of this spec (sorted)."""
+    return tuple(sorted({a for e in spec if e is not None for a in e}))
+
+
+def _mesh():
+    return keras.distribution.distribution().device_mesh.backend_mesh
+
+
+def _layout_reason(variable) -> str | None:
+    """Why shard_map cannot take this variable's layout as its operands'
+    PartitionSpec, or None."""
+    sharding = _sharding(variable)
+    if sharding is None:
+        return ("variable has no layout of the keras.distribution (created outside its "
+                "scope?)")
+    mesh = _mesh()
+    if sharding.mesh != mesh:
+        return "variable's layout is on another device mesh than the keras.distribution's"
+    for dim, (size, entry) in enumerate(zip(variable.shape, _spec(variable))):
+        shards = 1
+        for axis in entry or ():
+            shards *= mesh.shape[axis]
+        if size % shards:
+            return (f"sharded unevenly: dimension {dim} of size {size} over mesh axes "
+                    f"{entry} ({shards} shards; the fused update takes equal shards)")
+    return None
+
+
+def _sharding_reason(optimizer, variable) -> str | None:
+    """Why this variable cannot be updated shard by shard under the current
+    keras.distribution, or None (also None without a distribution)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or not isinstance(distribution, _DISTRIBUTIONS):
+        return None
+    reason = _layout_reason(variable)
+    if reason:
+        return reason
+    index = optimizer._get_variable_index(variable)
+    for slot_list in optimizer._fused_slots():
+        slot = slot_list[index]
+        if _layout_reason(slot) or _spec(slot) != _spec(variable):
+            return f"optimizer slot {slot.path!r} is not laid out as its variable"
+    return None
+
+
+def _on_shards_of(grad, variable) -> bool:
+    """Whether `grad` can go into shard_map as `variable`'s PartitionSpec."""
+    return (hasattr(grad, "shape") and tuple(grad.shape) == tuple(variable.shape)
+            and _layout_reason(variable) is None)
+
+
+def _on_shards(fn, in_specs, out_specs):
+    """`fn` run by every device on its shards of the operands (jax.shard_map
+    over the distribution's mesh). check_vma=False: the FFI calls carry no
+    varying-axes types; the out_specs are exact (an output is replicated
+    only where every device computed the same value)."""
+    return jax.shard_map(fn, mesh=_mesh(), in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
+
+
+def _reduce_over_axes(values, specs, reduce):
+    """`values` (a vector: one entry per tensor) with entry i reduced by
+    `reduce(x, axes)` over the mesh axes that shard tensor i (inside
+    shard_map); tensors sharded over the same axes are reduced together."""
+    by_axes = {}
+    for i, spec in enumerate(specs):
+        axes = _sharded_axes(spec)
+        if axes:
+            by_axes.setdefault(axes, []).append(i)
+    for axes, index in by_axes.items():
+        index = jnp.asarray(index)
+        values = values.at[index].set(reduce(values[index], axes))
+    return values
+
+
+def _squared_norms(grads, variables):
+    """`ffi.squared_norms(grads)`; under a distribution each device's sum
+    over its shards, summed (psum) over the mesh axes that shard each
+    gradient: replicated gradients (DataParallel) are not reduced at all."""
+    if keras.distribution.distribution() is None:
+        return ffi.squared_norms(grads)
+    specs = [_spec(v) for v in variables]
+
+    def local(*shards):
+        return _reduce_over_axes(ffi.squared_norms(shards), specs, jax.lax.psum)
+
+    return _on_shards(local, tuple(_partition_spec(s) for s in specs),
+                      jax.sharding.PartitionSpec())(*grads)
+
+
+def _sharded_all_finite(grads, variables):
+    """all_finite under a distribution: the floating-point gradients of
+    their variables' shapes whose layouts shard_map takes, checked by each
+    device on its shards (`fusedopt_all_finite`) and and-ed over the mesh
+    axes that shard them (pmin); any other gradient by the stock
+    jnp.isfinite (XLA partitions it); so is every gradient under another
+    distribution, or where the variables are not given."""
+    grads = list(grads)
+    variables = [None] * len(grads) if variables is None else list(variables)
+    present = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    distribution = keras.distribution.distribution()
+    if (_handlers_error() is not None or not isinstance(distribution, _DISTRIBUTIONS)
+            or any(v is None for _, v in present)):
+        sharded, other = [], [g for g, _ in present]
+    else:
+        sharded = [(g, v) for g, v in present
+                   if _dtype(g) in ("float16", "bfloat16", "float32", "float64")
+                   and _on_shards_of(g, v)]
+        other = [g for g, _ in present if not any(g is s for s, _ in sharded)]
+    checks = [jnp.all(jnp.isfinite(g)) for g in other]
+    if sharded:
+        specs = [_spec(v) for _, v in sharded]
+        axes = tuple(sorted({a for spec in specs for a in _sharded_axes(spec)}))
+
+        def local(*shards):
+            ok = ffi.all_finite(shards)
+            if axes:
+                ok = jax.lax.pmin(ok.astype(jnp.int32), axes) > 0
+            return ok
+
+        checks.insert(0, _on_shards(local, tuple(_partition_spec(s) for s in specs),
+                                    jax.sharding.PartitionSpec())(*[g for g, _ in sharded]))
+    if not checks:
+        return jnp.asarray(True)
+    result = checks[0]
+    for check in checks[1:]:
+        result = jnp.logical_and(result, check)
+    return result
+
+
 # --------------------------------------------------------------- the check
 
 
-def all_finite(grads):
+def all_finite(grads, variables=None):
     """A bool scalar: no element of any gradient is Inf or NaN (one
     `fusedopt_all_finite` call over the float32/float64 gradients, the stock
-    `jnp.isfinite` for other dtypes or without the handlers)."""
+    `jnp.isfinite` for other dtypes or without the handlers).
+
+    variables: the gradients' variables (aligned with `grads`); under a
+    keras.distribution the check runs on each device's shards
+    (`_sharded_all_finite`)."""
+    if keras.distribution.distribution() is not None:
+        return _sharded_all_finite(grads, variables)
     values = [jnp.asarray(g) for g in grads if g is not None]
     if _handlers_error() is None:
         fused = [v for v in values if keras.backend.standardize_dtype(v.dtype) in
@@ -141,7 +321,7 @@ def apply_if_finite(optimizer, stock_apply, grads, trainable_variables):
     accumulation, constraints, ...): the whole stock `apply` runs, and its
     writes (variables, slots, accumulators, EMA, iterations) are kept only if
     every gradient is finite."""
-    finite = all_finite(grads)
+    finite = all_finite(grads, trainable_variables)
     variables = _unique(list(optimizer._trainable_variables) + list(optimizer.variables))
     _keep_if(finite, variables, lambda: stock_apply(grads, trainable_variables))
 
@@ -236,7 +416,7 @@ def apply_plan(optimizer, clip, gate, grads, variables, learning_rate, check_gra
     Returns the skip predicate (a bool array: the step was applied), or None
     when the step is not gated here.
     """
-    finite = all_finite(check_grads) if gate == plan_mod.GATE_CHECK else None
+    finite = all_finite(check_grads, variables) if gate == plan_mod.GATE_CHECK else None
     pairs = [_describe(optimizer, g, v) for g, v in zip(grads, variables)]
     plan = plan_mod.build_plan(pairs, step_fallback=step_fallback(optimizer), clip=clip,
                                gate=gate)
@@ -248,7 +428,7 @@ def _describe(optimizer, grad, var) -> plan_mod.Pair:
     decayed = optimizer.weight_decay is not None and optimizer._use_weight_decay(var)
     return plan_mod.Pair(path=_path(optimizer, var), dtype=_dtype(var),
                          device=jax.default_backend(), decayed=bool(decayed),
-                         fallback=_fallback_reason(grad, var))
+                         fallback=_describe_fallback(optimizer, grad, var))
 
 
 def _dtype(x) -> str:
@@ -266,6 +446,10 @@ def _fallback_reason(grad, var) -> str | None:
     if not hasattr(grad, "shape") or tuple(grad.shape) != tuple(var.shape):
         return "gradient is not a dense array of the variable's shape"
     return None
+
+
+def _describe_fallback(optimizer, grad, var) -> str | None:
+    return _fallback_reason(grad, var) or _sharding_reason(optimizer, var)
 
 
 def _path(optimizer, variable) -> str:
@@ -324,7 +508,10 @@ def _scalar(value, dtype):
 
 
 def _call(optimizer, grads, variables, learning_rate, decayed, clip, finite):
-    """One custom call over `variables` (one dtype); assigns the results."""
+    """One custom call over `variables` (one dtype); assigns the results.
+    Under a keras.distribution the call runs in `jax.shard_map`, each
+    parameter, gradient and slot as its variable's PartitionSpec, the
+    scalars, clip arguments and predicate replicated."""
     dtype = _dtype(variables[0])
     rule = optimizer._fused_rule
     s = optimizer._fused_scalars(learning_rate, dtype)
@@ -336,21 +523,39 @@ def _call(optimizer, grads, variables, learning_rate, decayed, clip, finite):
     slots = [[slot_list[i] for i in index] for slot_list in slot_lists]
     params = [v.value for v in variables]
     clip_kind, clip_values = clip
-    options = dict(decay=decayed, clip_kind=clip_kind, clip_args=clip_values, apply_if=finite)
     if rule == "adam":
-        m, v = slots
         scalars = [_scalar(s["alpha"], dtype), _scalar(s["one_minus_beta_1"], dtype),
                    _scalar(s["one_minus_beta_2"], dtype), _scalar(s["epsilon"], dtype),
                    lr, _scalar(wd, dtype)]
-        new_p, new_m, new_v = ffi.adam_update(params, grads, [x.value for x in m],
-                                              [x.value for x in v], scalars, **options)
-        written = list(zip(variables, new_p)) + list(zip(m, new_m)) + list(zip(v, new_v))
+
+        def update(params, grads, slots, scalars, clip_values, finite):
+            m, v = slots
+            new_p, new_m, new_v = ffi.adam_update(
+                params, grads, m, v, scalars, decay=decayed, clip_kind=clip_kind,
+                clip_args=clip_values, apply_if=finite)
+            return new_p, [new_m, new_v]
     else:
-        momentums = slots[0] if slots else []
         scalars = [lr, _scalar(s["momentum"], dtype), _scalar(wd, dtype), lr]
-        new_p, new_mom = ffi.sgd_update(params, grads, [x.value for x in momentums], scalars,
-                                        nesterov=bool(s["nesterov"]), **options)
-        written = list(zip(variables, new_p)) + list(zip(momentums, new_mom))
+        nesterov = bool(s["nesterov"])
+
+        def update(params, grads, slots, scalars, clip_values, finite):
+            new_p, new_mom = ffi.sgd_update(
+                params, grads, slots[0] if slots else [], scalars, nesterov=nesterov,
+                decay=decayed, clip_kind=clip_kind, clip_args=clip_values, apply_if=finite)
+            return new_p, [new_mom] if slots else []
+
+    slot_values = [[x.value for x in slot_list] for slot_list in slots]
+    if keras.distribution.distribution() is not None:
+        specs = [_partition_spec(_spec(v)) for v in variables]
+        replicated = jax.sharding.PartitionSpec()
+        update = _on_shards(
+            update,
+            in_specs=(specs, specs, [specs] * len(slots), replicated, replicated, replicated),
+            out_specs=(specs, [specs] * len(slots)))
+    new_p, new_slots = update(params, grads, slot_values, scalars, clip_values, finite)
+    written = list(zip(variables, new_p))
+    for slot_list, new_values in zip(slots, new_slots):
+        written += list(zip(slot_list, new_values))
     for var, value in written:
         var.assign(value)
 
@@ -372,7 +577,8 @@ def _fold_clip(kernel_clip, groups, fallback, optimizer, transformer):
         return args, _clip_fallback(transformer, fallback, step), None
 
     (max_norm,) = kernel_clip.args
-    squared = {group: ffi.squared_norms([g for g, _ in pairs]) for group, pairs in groups.items()}
+    squared = {group: _squared_norms([g for g, _ in pairs], [v for _, v in pairs])
+               for group, pairs in groups.items()}
     if kind == "norm":
         args = {}
         for group, pairs in groups.items():
@@ -382,7 +588,7 @@ def _fold_clip(kernel_clip, groups, fallback, optimizer, transformer):
         return args, _clip_fallback(transformer, fallback, step), None
 
     # Global norm over every gradient of the step, fused and fallback alike.
-    sums = list(squared.values()) + [_squared_norm(g) for _, (g, _) in fallback]
+    sums = list(squared.values()) + [_squared_norm(g, v) for _, (g, v) in fallback]
     args, finite = {}, None
     for group, pairs in groups.items():
         factors, ok = ffi.clip_factors(sums, _scalar(max_norm, _group_dtype(pairs)),
@@ -393,7 +599,8 @@ def _fold_clip(kernel_clip, groups, fallback, optimizer, transformer):
     for i, (grad, var) in fallback:
         gdtype = _dtype(grad)
         factor_dtype = gdtype if gdtype in ("float16", "bfloat16", "float32", "float64") else "float64"
-        factors, ok = ffi.clip_factors(sums, _scalar(max_norm, factor_dtype), kind="global_norm")
+        factors, ok = ffi.clip_factors(sums, _scalar(max_norm, factor_dtype), kind="global_norm",
+                                       dtype=factor_dtype)
         finite = ok if finite is None else finite
         clipped.append((i, (grad * ops.cast(factors[0], gdtype), var)))
     return args, clipped, finite
@@ -403,10 +610,16 @@ def _group_dtype(pairs):
     return _dtype(pairs[0][1])
 
 
-def _squared_norm(grad):
-    """A one-element vector: the squared norm of a fallback gradient."""
+def _squared_norm(grad, var):
+    """A one-element vector: the squared norm of a fallback gradient (under
+    a distribution: on its shards where its variable's layout allows, else
+    the stock jnp ops, which XLA partitions)."""
     if _dtype(grad) in ("float16", "bfloat16", "float32", "float64"):
-        return ffi.squared_norms([grad])
+        if keras.distribution.distribution() is None:
+            return ffi.squared_norms([grad])
+        if _on_shards_of(grad, var):
+            return _squared_norms([grad], [var])
+        return jnp.reshape(jnp.sum(jnp.square(grad)), (1,))
     return jnp.reshape(jnp.sum(jnp.square(jnp.abs(grad))).astype(jnp.float64), (1,))
 
 
