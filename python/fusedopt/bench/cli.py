@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Keras backend the optimizer cases run on (KERAS_BACKEND, "
                         "set before Keras is imported; default: the one in use); jax runs "
                         "fusedopt-jax, keras-jax and optax, torch runs "
-                        f"{', '.join(torch_cases.TORCH_IMPLS)}, unless --impls says otherwise")
+                        f"{', '.join(torch_cases.TORCH_IMPLS)}, unless --impls says otherwise; "
+                        "with --fit, the backend model.fit trains on (torch: eager and "
+                        "torch.compile rows)")
     preset.add_argument("--gpu", action="store_true",
                         help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
                         "up to 1B parameters")
