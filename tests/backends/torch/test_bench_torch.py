@@ -38,9 +38,28 @@ def test_fit_quick_backend_torch_trains_fused_against_keras_torch(tmp_path, caps
                 fit.FitGroup("tiny", True, 1, ("adam",)),
                 fit.FitGroup("tiny", False, 4, ("adam",))),
         settings=fit.FitSettings(rounds=2, warmup=1, calls_per_round=3, max_seconds=60)))
+    # Count the fused kernel's calls: fused_paths says what the plan chose,
+    # this that the kernel ran, eager and inside the torch.compile'd step.
+    from fusedopt.backends.torch import ops
+
+    calls = {"adam": 0}
+
+    class CountingC:
+        def __getattr__(self, name):
+            return getattr(real_c, name)
+
+        def pointer_adam(self, *args, **kwargs):
+            calls["adam"] += 1
+            return real_c.pointer_adam(*args, **kwargs)
+
+    real_c = ops._C
+    monkeypatch.setattr(ops, "_C", CountingC())
     status = cli.main(["--fit", "--quick", "--backend", "torch", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 0, out[-3000:]
+    # Two fused Adam models (eager, compiled), each (1 warm-up + 2) rounds of
+    # 3 steps: one kernel call per step; the stock models never call it.
+    assert calls["adam"] == 2 * 3 * 3
     [written] = list(tmp_path.glob("fit-torch-cpu-*.json"))
     document = json.loads(written.read_text())
     assert document["schema"] == fit.SCHEMA and document["keras_backend"] == "torch"
