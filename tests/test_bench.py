@@ -508,7 +508,8 @@ FIT_ROW_FIELDS = {
     "name", "group", "model", "mode", "jit_compile", "steps_per_execution", "optimizer",
     "params", "variables", "batch_size", "status", "note", "rounds", "calls_per_round",
     "steps_timed_per_round", "warmup_rounds", "ratios", "ratio_median", "ratio_q25", "ratio_q75",
-    "weights_max_ulp", "weights_elements", "weights_differing", "parity_max_ulp", "parity",
+    "weights_max_ulp", "weights_max_ulp_at_scale", "weights_elements", "weights_differing",
+    "parity_max_ulp", "parity",
     "weights_match", "fused_variables", "fused_paths_total", "not_fused",
     "stock_optimizer_s", "fusedopt_optimizer_s", "stock_optimizer_share",
     "fusedopt_optimizer_share", "loadavg", "rss_bytes",
@@ -620,7 +621,7 @@ def test_no_update_optimizer_reads_the_gradients_and_changes_no_weight():
 def test_weights_distance_counts_ulps():
     a = np.array([1.0, -2.0, 0.0, 3.0, np.nan], np.float32)
     assert fit.weights_distance([a], [a.copy()]) == {
-        "max_ulp": 0, "elements": 5, "differing": 0, "note": ""}
+        "max_ulp": 0, "max_ulp_at_scale": 0.0, "elements": 5, "differing": 0, "note": ""}
     b = a.copy()
     b[0] = np.nextafter(np.nextafter(b[0], np.float32(2)), np.float32(2))  # 2 ulp up
     b[1] = np.nextafter(b[1], np.float32(0))  # 1 ulp towards zero
@@ -630,6 +631,13 @@ def test_weights_distance_counts_ulps():
     # Through zero: the smallest subnormals of either sign are 2 ulp apart.
     tiny = np.float32(1e-45)
     assert fit.weights_distance([np.array([tiny])], [np.array([-tiny])])["max_ulp"] == 2
+    # At the array's scale: a value near zero 1e6 of its own ulps off, in an
+    # array whose largest value is 1, is 1.5 ulps of 1 off.
+    near = np.array([1.0, 1e-6], np.float32)
+    off = near.copy()
+    off[1] += np.float32(1.5 * np.spacing(np.float32(1.0)))
+    d = fit.weights_distance([off], [near])
+    assert d["max_ulp"] > 10_000 and d["max_ulp_at_scale"] == pytest.approx(1.5, rel=0.01)
     # float64 and float16 too, and one array among many.
     x64 = np.linspace(-1, 1, 11)
     y64 = x64.copy()
@@ -683,6 +691,26 @@ def test_fit_grid_selection_and_contract():
     assert fit.parity_contract("sgd", True)[0] is None
     assert fit.parity_contract("adam-gclip", False)[0] is None
     assert "adam-skipnf" not in fit.fit_optimizers()
+
+
+def test_fit_grid_on_torch_names_its_modes_and_drops_what_keras_torch_refuses():
+    # Keras-torch runs fit eagerly, or under torch.compile with jit_compile=True;
+    # its fit refuses steps_per_execution > 1, so those groups are dropped (and named).
+    groups = fit.select_groups(fit.FULL, backend="torch")
+    names = [n for g in groups for n in g.row_names()]
+    assert len(names) == 18 and "dense-ln/eager/adam" in names and "conv/compile/sgd" in names
+    assert not any("graph" in n or "xla" in n or "spe" in n for n in names)
+    assert fit.unsupported_groups(fit.FULL, "torch") == ["dense-ln/eager/spe20",
+                                                         "dense-ln/compile/spe20"]
+    assert fit.unsupported_groups(fit.FULL, "tensorflow") == []
+    assert [g.name for g in fit.select_groups(fit.QUICK, backend="torch")] == [
+        "mlp-small/eager", "dense-ln-small/eager", "mlp-small/compile"]
+    # SGD is bit-identical to Keras-torch's foreach SGD; Adam within 2 step
+    # ulps per step (reported), torch.compile reported.
+    assert fit.parity_contract("sgd", False, "torch")[0] == 0
+    assert fit.parity_contract("adam", False, "torch")[0] is None
+    assert fit.parity_contract("adamw", False, "torch")[0] is None
+    assert "torch.compile" in fit.parity_contract("sgd", True, "torch")[1]
 
 
 def test_fit_quick_lists_its_rows(capsys):

@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Keras backend the optimizer cases run on (KERAS_BACKEND, "
                         "set before Keras is imported; default: the one in use); jax runs "
                         "fusedopt-jax, keras-jax and optax, torch runs "
-                        f"{', '.join(torch_cases.TORCH_IMPLS)}, unless --impls says otherwise")
+                        f"{', '.join(torch_cases.TORCH_IMPLS)}, unless --impls says otherwise; "
+                        "with --fit, the backend model.fit trains on (torch: eager and "
+                        "torch.compile rows)")
     preset.add_argument("--gpu", action="store_true",
                         help="the GPU grid: fusedopt's CUDA kernels vs torch.optim fused, "
                         "up to 1B parameters")
@@ -308,8 +310,6 @@ def main(argv=None) -> int:
     if status is not None:
         return status
     if args.fit:
-        if args.backend == "torch":
-            parser.error("argument --backend torch: not with --fit yet")
         return main_fit(parser, args, argv)
     if args.calls_per_round is not None:
         parser.error("argument --calls-per-round: only with --fit")
@@ -502,13 +502,26 @@ def main_fit(parser, args, argv) -> int:
         parser.error(f"argument --optimizers: {', '.join(unfit)} has options the stock Keras "
                      f"optimizer lacks, so --fit has nothing to train against (valid with "
                      f"--fit: {', '.join(valid)})")
+    # This process runs on args.backend (_rerun_on_backend), or on the one
+    # KERAS_BACKEND / keras.json names: ask Keras, which imports nothing heavy
+    # before its backend.
+    import keras
+
+    backend = keras.backend.backend()
+    limit = fit.MAX_STEPS_PER_EXECUTION.get(backend)
+    if limit is not None and args.steps_per_call and args.steps_per_call > limit:
+        parser.error(f"argument --steps-per-call: at most {limit} with --fit on the {backend} "
+                     f"backend (Keras-{backend}'s fit runs one step per train-function call)")
     preset = fit.QUICK if args.quick else fit.FULL
     settings = dataclasses.replace(
         preset.settings,
         **{k: v for k, v in (("rounds", args.repeats), ("warmup", args.warmup),
                              ("max_seconds", args.max_case_seconds),
                              ("calls_per_round", args.calls_per_round)) if v is not None})
-    groups = fit.select_groups(preset, args.optimizers, args.steps_per_call, args.filter)
+    groups = fit.select_groups(preset, args.optimizers, args.steps_per_call, args.filter,
+                               backend=backend)
+    not_run = [f"not run on {backend}: {name} (steps_per_execution > {limit}: Keras-"
+               f"{backend}'s fit refuses it)" for name in fit.unsupported_groups(preset, backend)]
     if args.list:
         for group in groups:
             for name in group.row_names():
@@ -516,19 +529,23 @@ def main_fit(parser, args, argv) -> int:
         print(f"\n{sum(len(g.optimizers) for g in groups)} rows. Models:")
         for name in dict.fromkeys(g.model for g in groups):
             print(f"  {name:15} {fit.MODELS[name].description}")
+        for line in not_run:
+            print(line)
         return 0
     if not groups:
         print("fusedopt-bench: no --fit row matches the filters (see --fit --list)",
               file=sys.stderr)
         return 2
     today = datetime.date.today().isoformat()
+    # fit-cpu-DATE on TensorFlow (as before), fit-<backend>-cpu-DATE elsewhere.
+    default_name = (f"fit-cpu-{today}" if backend == "tensorflow"
+                    else f"fit-{backend}-cpu-{today}")
     if args.out:
         checks.prepare_out(parser, args.out,
-                           files=_out_files(args, ("json", "csv"), [f"fit-cpu-{today}"]))
+                           files=_out_files(args, ("json", "csv"), [default_name]))
 
-    _keep_tensorflow_off_the_gpu()
-    import keras
-
+    if backend == "tensorflow":
+        _keep_tensorflow_off_the_gpu()
     import fusedopt
 
     started, cpu_started = time.time(), time.process_time()
@@ -549,7 +566,7 @@ def main_fit(parser, args, argv) -> int:
     with _Progress(sum(len(g.optimizers) for g in groups)) as progress:
         for group in groups:
             records += fit.run_group(group, settings, progress)
-    notes = fit.problem_lines(records)
+    notes = not_run + fit.problem_lines(records)
     document.update(rows=records, notes=notes, wall_s=time.time() - started,
                     cpu_s=time.process_time() - cpu_started)
     document["machine"]["loadavg_end"] = (list(os.getloadavg())
@@ -566,7 +583,7 @@ def main_fit(parser, args, argv) -> int:
           f"{_loadavg_text(document['machine']['loadavg'])} at the start, "
           f"{_loadavg_text(document['machine']['loadavg_end'])} at the end.")
     if args.out:
-        base = os.path.join(args.out, args.name or f"fit-cpu-{today}")
+        base = os.path.join(args.out, args.name or default_name)
         report.write_json(base + ".json", document)
         fit.write_csv(base + ".csv", records)
         print(f"wrote {base}.json, {base}.csv")

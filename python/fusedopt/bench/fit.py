@@ -137,6 +137,19 @@ MODELS: dict[str, FitModel] = {m.name: m for m in [
 # --------------------------------------------------------------- the grid
 
 
+# What each backend's fit() runs with jit_compile False / True, as the row
+# names say it: Keras-TF traces a graph (XLA with jit_compile); Keras-torch
+# runs the train step eagerly, and with jit_compile=True wraps it in
+# torch.compile (TorchTrainer.make_train_function: Dynamo and Inductor).
+MODE_WORDS = {"torch": ("eager", "compile")}
+_DEFAULT_MODE_WORDS = ("graph", "xla")
+
+
+def mode_words(backend: str) -> tuple[str, str]:
+    """(word for jit_compile=False, word for jit_compile=True) on `backend`."""
+    return MODE_WORDS.get(backend, _DEFAULT_MODE_WORDS)
+
+
 @dataclasses.dataclass(frozen=True)
 class FitGroup:
     """One model in one compile mode, with the optimizers to compare in it."""
@@ -145,17 +158,23 @@ class FitGroup:
     jit_compile: bool
     steps_per_execution: int
     optimizers: tuple
+    backend: str = "tensorflow"  # the Keras backend it runs on (its mode words)
+
+    @property
+    def _word(self) -> str:
+        return mode_words(self.backend)[bool(self.jit_compile)]
 
     @property
     def name(self) -> str:
         spe = f"/spe{self.steps_per_execution}" if self.steps_per_execution > 1 else ""
-        return f"{self.model}/{'xla' if self.jit_compile else 'graph'}{spe}"
+        return f"{self.model}/{self._word}{spe}"
 
     @property
     def mode(self) -> str:
-        """'graph' or 'xla' (jit_compile=True), and ' spe=N' for steps_per_execution=N."""
+        """'graph' or 'xla' (jit_compile=True; on torch 'eager' or 'compile'),
+        and ' spe=N' for steps_per_execution=N."""
         spe = f" spe={self.steps_per_execution}" if self.steps_per_execution > 1 else ""
-        return ("xla" if self.jit_compile else "graph") + spe
+        return self._word + spe
 
     def row_names(self) -> list[str]:
         return [f"{self.name}/{o}" for o in self.optimizers]
@@ -201,13 +220,32 @@ def fit_optimizers() -> list[str]:
             if not any(k in spec.kwargs for k in FUSEDOPT_ONLY_ARGUMENTS)]
 
 
+# Keras-torch's fit takes steps_per_execution=1 only (TorchTrainer raises a
+# ValueError for more).
+MAX_STEPS_PER_EXECUTION = {"torch": 1}
+
+
+def unsupported_groups(preset: FitPreset, backend: str) -> list[str]:
+    """The names of the preset's groups that `backend` cannot run (see
+    MAX_STEPS_PER_EXECUTION); select_groups drops them."""
+    limit = MAX_STEPS_PER_EXECUTION.get(backend)
+    return [dataclasses.replace(g, backend=backend).name for g in preset.groups
+            if limit is not None and g.steps_per_execution > limit]
+
+
 def select_groups(preset: FitPreset, optimizers=None, steps_per_execution=None,
-                  patterns=()) -> list[FitGroup]:
-    """The preset's groups with ``optimizers`` / ``steps_per_execution``
-    replacing each group's own (duplicates merged), and only the optimizers
-    whose row name matches ``patterns`` (cases.matches); empty groups dropped."""
+                  patterns=(), backend="tensorflow") -> list[FitGroup]:
+    """The preset's groups on `backend` (its mode words; the groups it cannot
+    run, unsupported_groups, dropped) with ``optimizers`` /
+    ``steps_per_execution`` replacing each group's own (duplicates merged),
+    and only the optimizers whose row name matches ``patterns``
+    (cases.matches); empty groups dropped."""
     groups = {}
+    dropped = set(unsupported_groups(preset, backend))
     for g in preset.groups:
+        g = dataclasses.replace(g, backend=backend)
+        if g.name in dropped:
+            continue
         g = dataclasses.replace(
             g, optimizers=tuple(optimizers) if optimizers else g.optimizers,
             steps_per_execution=steps_per_execution or g.steps_per_execution)
@@ -273,17 +311,29 @@ def no_update_optimizer():
     return _no_update_class()()
 
 
-def parity_contract(name: str, jit_compile: bool) -> tuple[int | None, str]:
+def parity_contract(name: str, jit_compile: bool,
+                    backend: str = "tensorflow") -> tuple[int | None, str]:
     """(max ulp allowed, why) between the stock and the fusedopt weights.
 
     None: the distance is reported, not judged.
     """
-    kwargs = OPTIMIZERS[name].kwargs
-    clip = [k for k in ("clipnorm", "global_clipnorm") if k in kwargs]
+    spec = OPTIMIZERS[name]
+    clip = [k for k in ("clipnorm", "global_clipnorm") if k in spec.kwargs]
     if jit_compile:
+        if backend == "torch":
+            return None, ("under torch.compile: reported (Inductor compiles the stock "
+                          "foreach update; fusedopt's custom op is opaque to it)")
         return None, "under XLA: reported (the XLA contract is being redefined)"
     if clip:
         return None, f"{clip[0]}: fusedopt's own norm reduction, reported"
+    if backend == "torch" and spec.keras_class != "SGD":
+        # docs/backends.md, PyTorch: within 2 step ulps of each step, not bit
+        # for bit; over a run the trajectories drift, so the final weights'
+        # distance has no fixed bound.
+        return None, ("Keras-torch Adam: within 2 step ulps per step (torch's CPU sqrt is "
+                      "not correctly rounded; tests/backends/torch), reported")
+    if backend == "torch":
+        return 0, "bit-identical (Keras-torch's foreach SGD, float32 on the CPU)"
     return 0, "bit-identical (float32 on the CPU without XLA)"
 
 
@@ -304,19 +354,23 @@ def weights_distance(a_list, b_list) -> dict:
     """Element-wise distance in ulps between two lists of float arrays.
 
     Returns ``max_ulp`` (an int; None when the lists do not pair up or a NaN
-    stands against a number), ``elements``, ``differing`` (elements not
-    bit-identical, NaN against NaN counting as equal) and ``note``.
+    stands against a number), ``max_ulp_at_scale`` (the largest
+    ``|a - b|`` in ulps of its array's largest magnitude in ``b``, a float:
+    a value that crosses zero or stays near it is millions of its own ulps
+    off after a last-bit difference anywhere upstream, but not of the
+    array's), ``elements``, ``differing`` (elements not bit-identical, NaN
+    against NaN counting as equal) and ``note``.
     """
     if len(a_list) != len(b_list):
-        return {"max_ulp": None, "elements": None, "differing": None,
-                "note": f"{len(a_list)} arrays against {len(b_list)}"}
-    worst, elements, differing, note = 0, 0, 0, ""
+        return {"max_ulp": None, "max_ulp_at_scale": None, "elements": None,
+                "differing": None, "note": f"{len(a_list)} arrays against {len(b_list)}"}
+    worst, scaled, elements, differing, note = 0, 0.0, 0, 0, ""
     for i, (a, b) in enumerate(zip(a_list, b_list)):
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape or a.dtype != b.dtype or a.dtype.kind != "f":
-            return {"max_ulp": None, "elements": None, "differing": None,
-                    "note": f"array {i}: {a.dtype}{list(a.shape)} against "
-                            f"{b.dtype}{list(b.shape)}"}
+            return {"max_ulp": None, "max_ulp_at_scale": None, "elements": None,
+                    "differing": None, "note": f"array {i}: {a.dtype}{list(a.shape)} against "
+                                               f"{b.dtype}{list(b.shape)}"}
         elements += a.size
         nan_a, nan_b = np.isnan(a), np.isnan(b)
         if np.any(nan_a != nan_b):
@@ -331,7 +385,11 @@ def weights_distance(a_list, b_list) -> dict:
             finite = ~(nan_a | nan_b)
             if np.any(finite):
                 worst = max(worst, int(dist[finite].max()))
-    return {"max_ulp": worst, "elements": elements, "differing": differing, "note": note}
+                wide_a, wide_b = (x[finite].astype(np.float64) for x in (a, b))
+                unit = float(np.spacing(np.abs(b[finite]).max()))
+                scaled = max(scaled, float(np.abs(wide_a - wide_b).max()) / unit)
+    return {"max_ulp": worst, "max_ulp_at_scale": None if worst is None else scaled,
+            "elements": elements, "differing": differing, "note": note}
 
 
 # ------------------------------------------------------------------ timing
@@ -427,6 +485,12 @@ def _release_graphs():
     tf_cases._custom_gradient_releaser); nothing to do on other backends."""
     import keras
 
+    if keras.backend.backend() == "torch":
+        # torch.compile's caches hold the compiled train steps (and through
+        # them the models): reset them with the group.
+        import torch
+
+        return torch._dynamo.reset
     if keras.backend.backend() != "tensorflow":
         return lambda: None
     from fusedopt.bench.tf_cases import _custom_gradient_releaser
@@ -511,7 +575,8 @@ def run_group(group: FitGroup, settings: FitSettings, progress=None) -> list[dic
 def _record_base(group: FitGroup, settings: FitSettings) -> dict:
     model = MODELS[group.model]
     return {
-        "group": group.name, "model": group.model, "model_description": model.description,
+        "group": group.name, "backend": group.backend, "model": group.model,
+        "model_description": model.description,
         "params": None, "variables": None, "batch_size": model.batch_size,
         "jit_compile": group.jit_compile, "steps_per_execution": group.steps_per_execution,
         "mode": group.mode, "calls_per_round": settings.calls_per_round,
@@ -545,8 +610,10 @@ def _row_record(base: dict, name: str, members: list[_Member]) -> dict:
             opt_median / record[f"{label}_median_s"] if opt else None)
 
     distance = weights_distance(stock.model.get_weights(), fused.model.get_weights())
-    allowed, why = parity_contract(name, base["jit_compile"])
-    record.update(weights_max_ulp=distance["max_ulp"], weights_elements=distance["elements"],
+    allowed, why = parity_contract(name, base["jit_compile"], base["backend"])
+    record.update(weights_max_ulp=distance["max_ulp"],
+                  weights_max_ulp_at_scale=distance["max_ulp_at_scale"],
+                  weights_elements=distance["elements"],
                   weights_differing=distance["differing"], parity_max_ulp=allowed,
                   parity=why)
     if allowed is None:
@@ -599,6 +666,9 @@ def weights_text(r: dict) -> str:
         text = f"max {ulp} ulp"
     if r.get("weights_match") is False:
         return f"MISMATCH: {text}"
+    at_scale = r.get("weights_max_ulp_at_scale")
+    if ulp and at_scale is not None:
+        text += f" ({at_scale:.3g} at the array's scale)"
     if r.get("weights_match") is None and ulp:
         return f"{text} (reported)"
     return text
@@ -687,13 +757,14 @@ def markdown(records: list[dict]) -> str:
 
 
 CSV_FIELDS = [
-    "name", "group", "model", "mode", "jit_compile", "steps_per_execution", "optimizer",
+    "name", "group", "backend", "model", "mode", "jit_compile", "steps_per_execution", "optimizer",
     "params", "variables", "batch_size", "status", "rounds", "calls_per_round",
     "steps_timed_per_round", "stock_median_s", "stock_q25_s", "stock_q75_s",
     "fusedopt_median_s", "fusedopt_q25_s", "fusedopt_q75_s", "no_update_median_s",
     "no_update_q25_s", "no_update_q75_s", "ratio_median", "ratio_q25", "ratio_q75",
     "stock_optimizer_s", "fusedopt_optimizer_s", "stock_optimizer_share",
-    "fusedopt_optimizer_share", "weights_max_ulp", "weights_differing", "weights_elements",
+    "fusedopt_optimizer_share", "weights_max_ulp", "weights_max_ulp_at_scale",
+    "weights_differing", "weights_elements",
     "parity_max_ulp", "weights_match", "fused_variables", "fused_paths_total",
     "stock_first_round_s", "fusedopt_first_round_s", "no_update_first_round_s", "rss_bytes",
     "note",
