@@ -6,8 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 # tests/backends/<backend>/ holds tests that need KERAS_BACKEND=<backend>;
-# tests/test_backends.py runs each folder in a child pytest with that backend
-# (and FUSEDOPT_BACKEND_TESTS=<backend>), never in this TensorFlow run.
+# tests/test_backend_<backend>.py runs each folder in a child pytest with that
+# backend (and FUSEDOPT_BACKEND_TESTS=<backend>), never in this TensorFlow run.
 # (The hook lives here, not in a conftest.py of tests/backends/: that would
 # put tests/backends/ on sys.path, where its jax/ and torch/ folders would
 # shadow the real packages.)

@@ -1,6 +1,6 @@
 """fusedopt.Adam, AdamW and SGD on Keras' torch backend (KERAS_BACKEND=torch).
 
-Run by tests/test_backends.py in a child pytest, or directly:
+Run by tests/test_backend_torch.py in a child pytest, or directly:
 ``KERAS_BACKEND=torch FUSEDOPT_BACKEND_TESTS=torch python -m pytest tests/backends/torch``.
 
 The stock class of comparison is ``keras.optimizers.Adam`` (...) itself,

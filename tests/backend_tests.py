@@ -1,4 +1,6 @@
-"""Runs the tests of the other Keras backends, each in its own process.
+"""Runs the tests of the other Keras backends, each in its own process
+(tests/test_backend_jax.py, tests/test_backend_torch.py: one file per
+backend, so that pytest-xdist's --dist loadfile gives each its own worker).
 
 Keras picks its backend once per process (KERAS_BACKEND, before the first
 ``import keras``), and this pytest process runs on TensorFlow. The tests of
@@ -21,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 FRAMEWORKS = {"jax": "jax", "torch": "torch"}  # backend -> the module it needs
 
 
-@pytest.mark.parametrize("backend", sorted(FRAMEWORKS))
-def test_backend(backend):
+def run_backend_tests(backend):
+    """Runs tests/backends/<backend>/ in a child pytest; fails with its output."""
     folder = HERE / "backends" / backend
     if not any(folder.glob("test_*.py")):
         pytest.skip(f"no tests in {folder}")
