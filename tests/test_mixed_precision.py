@@ -18,8 +18,6 @@ Every test also checks that the fused op ran (in the traced graph, with the
 expected dtype, and in `fused_paths`).
 """
 
-import contextlib
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -30,7 +28,7 @@ import keras
 import fusedopt
 from fusedopt import _ops
 
-from training import assert_same_state, make_data, make_model, state
+from training import assert_same_state, make_data, make_model, policy, state
 
 HALF = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 # Machine epsilon (one unit in the last place at 1.0) of each 16-bit type.
@@ -59,17 +57,6 @@ def lib():
     library = _ops.library()
     assert library is not None, _ops.load_error()
     return library
-
-
-@contextlib.contextmanager
-def policy(name):
-    """Sets the Keras global dtype policy, restoring the previous one after."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def fused_nodes(graph, op_type):

@@ -1,9 +1,22 @@
 """Shared by the optimizer tests: a small model trained the same way with
 any optimizer, and comparisons of everything it and its optimizer hold."""
 
+import contextlib
+
 import numpy as np
 
 import keras
+
+
+@contextlib.contextmanager
+def policy(name):
+    """Sets the Keras global dtype policy, restoring the previous one after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def make_data(n=192, seed=0):

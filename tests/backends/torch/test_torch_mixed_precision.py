@@ -20,7 +20,6 @@ against stock Keras-torch over real ``model.fit``.
 Every test checks that the fused path ran (``fused_paths``).
 """
 
-import contextlib
 import os
 import sys
 
@@ -37,7 +36,8 @@ import fusedopt  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from parity import per_step_ulps  # noqa: E402
-from training import assert_same_state, make_data, make_model, state  # noqa: E402
+from training import (assert_same_state, make_data, make_model, policy,  # noqa: E402
+                      state)
 
 # One ulp at 1.0 of each 16-bit type.
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
@@ -64,17 +64,6 @@ TORCH_SQRT = 2
 # value once, so every step differs in a last bit here and there. Steps of
 # fit in the per-step test:
 STEPS = 48
-
-
-@contextlib.contextmanager
-def policy(name):
-    """Sets the Keras global dtype policy, restoring the previous one after."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def inner(optimizer):
@@ -209,6 +198,18 @@ def rule(cls):
     return "sgd" if cls is fusedopt.SGD else "adam"
 
 
+def compiled_pair(cls, kwargs):
+    """[fused, stock]: the same model from the same seed, compiled with `cls`
+    and with its stock counterpart, under the current dtype policy."""
+    models = []
+    for make in (cls, STOCK[cls]):
+        keras.utils.set_random_seed(1234)
+        model = make_model()
+        model.compile(optimizer=make(**kwargs), loss="mse")
+        models.append(model)
+    return models
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", sorted(HALF))
 def test_half_variables_each_step_close_to_stock(dtype, name):
@@ -216,12 +217,7 @@ def test_half_variables_each_step_close_to_stock(dtype, name):
     x, y = make_data(96)
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(x), 16)] * (STEPS // 6)
     with policy(dtype):
-        models = []
-        for make in (cls, STOCK[cls]):
-            keras.utils.set_random_seed(1234)
-            model = make_model()
-            model.compile(optimizer=make(**kwargs), loss="mse")
-            models.append(model)
+        models = compiled_pair(cls, kwargs)
         worst = per_step_ulps_16(models[0], models[1], batches, dtype)
     fused, stock = models
     assert {v.dtype for v in fused.weights} == {dtype}
@@ -259,12 +255,7 @@ def test_mixed_policy_keeps_the_float32_contract(policy_name, name):
     # the whole run, Adam within TORCH_SQRT step ulps of each step.
     cls, kwargs = OPTIMIZERS[name]
     with policy(policy_name):
-        models = []
-        for make in (cls, STOCK[cls]):
-            keras.utils.set_random_seed(1234)
-            model = make_model()
-            model.compile(optimizer=make(**kwargs), loss="mse")
-            models.append(model)
+        models = compiled_pair(cls, kwargs)
         fused, stock = models
         x, y = make_data(96)
         if cls is fusedopt.SGD:

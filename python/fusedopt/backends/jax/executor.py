@@ -221,6 +221,16 @@ def _squared_norms(grads, variables):
                       jax.sharding.PartitionSpec())(*grads)
 
 
+def _all_of(checks):
+    """The logical and of a list of bool scalars (True for none)."""
+    if not checks:
+        return jnp.asarray(True)
+    result = checks[0]
+    for check in checks[1:]:
+        result = jnp.logical_and(result, check)
+    return result
+
+
 def _sharded_all_finite(grads, variables):
     """all_finite under a distribution: the floating-point gradients of
     their variables' shapes whose layouts shard_map takes, checked by each
@@ -253,12 +263,7 @@ def _sharded_all_finite(grads, variables):
 
         checks.insert(0, _on_shards(local, tuple(_partition_spec(s) for s in specs),
                                     jax.sharding.PartitionSpec())(*[g for g, _ in sharded]))
-    if not checks:
-        return jnp.asarray(True)
-    result = checks[0]
-    for check in checks[1:]:
-        result = jnp.logical_and(result, check)
-    return result
+    return _all_of(checks)
 
 
 # --------------------------------------------------------------- the check
@@ -283,12 +288,7 @@ def all_finite(grads, variables=None):
     other = [v for v in values if not any(v is f for f in fused)]
     checks = [ffi.all_finite(fused)] if fused else []
     checks += [jnp.all(jnp.isfinite(v)) for v in other]
-    if not checks:
-        return jnp.asarray(True)
-    result = checks[0]
-    for check in checks[1:]:
-        result = jnp.logical_and(result, check)
-    return result
+    return _all_of(checks)
 
 
 def _keep_if(predicate, variables, run):
