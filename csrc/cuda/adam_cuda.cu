@@ -11,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "cuda/device_values.cuh"
 #include "cuda/multi_tensor_apply.cuh"
 #include "cuda/runtime.h"
@@ -20,16 +22,19 @@ FUSEDOPT_CUDA_NAMESPACE_BEGIN
 namespace {
 
 // P: parameter and gradient type on the device, S: state type, C: the type
-// the rule computes in. kRaw: the scalars are raw hyperparameters
-// (make_adam_scalars runs per block); a separate instantiation keeps its
-// double-precision pow out of the registers of the usual, precomputed case.
-// Decay and clip kind are uniform run-time branches.
-template <bool kRaw, typename P, typename S>
+// the rule computes in. kForm: the form of the scalars (adam_cuda.h); the raw
+// form runs make_adam_scalars per block, and a separate instantiation keeps
+// its double-precision pow out of the registers of the other forms; the
+// torch form's scalars pick adam_element's torch overload. Decay and clip
+// kind are uniform run-time branches.
+template <AdamForm kForm, typename P, typename S>
 struct AdamOp {
   using C = compute_of<S>;
+  using Rule = std::conditional_t<kForm == AdamForm::kTorch, AdamTorchScalars<C>,
+                                  AdamScalars<C>>;
   using Elements = TypeList<P, const P, S, S>;  // params, grads, m, v
   struct Context {
-    AdamScalars<C> s;
+    Rule s;
     ClipScalars<C> clip;
   };
 
@@ -41,21 +46,35 @@ struct AdamOp {
   // Every thread reads the (few, cached) scalars once per chunk.
   __device__ __forceinline__ bool block_context(int64_t index, Context* c) const {
     if (!predicate_holds(apply_if)) return false;
-    double x[6];
+    constexpr int kCount = kForm == AdamForm::kTorch ? 7 : 6;
+    double x[kCount];
 #pragma unroll
-    for (int k = 0; k < 6; ++k) x[k] = read_scalar(scalars.v[k]);
-    if (kRaw) {
-      c->s = make_adam_scalars<C>(x[0], x[1], x[2], x[3], static_cast<int64_t>(x[4]), x[5]);
-    } else {
-      c->s.alpha = static_cast<C>(x[0]);
-      c->s.one_minus_beta_1 = static_cast<C>(x[1]);
-      c->s.one_minus_beta_2 = static_cast<C>(x[2]);
-      c->s.epsilon = static_cast<C>(x[3]);
-      c->s.lr = static_cast<C>(x[4]);
-      c->s.weight_decay = static_cast<C>(x[5]);
-    }
+    for (int k = 0; k < kCount; ++k) x[k] = read_scalar(scalars.v[k]);
+    set_rule(x, &c->s);
     c->clip = read_clip<C>(clip, index);
     return true;
+  }
+
+  __device__ __forceinline__ static void set_rule(const double* x, AdamScalars<C>* s) {
+    if (kForm == AdamForm::kRaw) {
+      *s = make_adam_scalars<C>(x[0], x[1], x[2], x[3], static_cast<int64_t>(x[4]), x[5]);
+    } else {
+      s->alpha = static_cast<C>(x[0]);
+      s->one_minus_beta_1 = static_cast<C>(x[1]);
+      s->one_minus_beta_2 = static_cast<C>(x[2]);
+      s->epsilon = static_cast<C>(x[3]);
+      s->lr = static_cast<C>(x[4]);
+      s->weight_decay = static_cast<C>(x[5]);
+    }
+  }
+  __device__ __forceinline__ static void set_rule(const double* x, AdamTorchScalars<C>* s) {
+    s->alpha = static_cast<C>(x[0]);
+    s->beta_1 = static_cast<C>(x[1]);
+    s->one_minus_beta_1 = static_cast<C>(x[2]);
+    s->beta_2 = static_cast<C>(x[3]);
+    s->one_minus_beta_2 = static_cast<C>(x[4]);
+    s->epsilon = static_cast<C>(x[5]);
+    s->decay_scale = static_cast<C>(x[6]);
   }
 
   __device__ __forceinline__ void operator()(const Context& c, P& p, const P& g, S& m,
@@ -75,11 +94,11 @@ struct AdamOp {
   }
 };
 
-template <bool kRaw, typename P, typename S>
+template <AdamForm kForm, typename P, typename S>
 std::string run(const AdamCudaTensors<P, S>& t, const AdamCudaScalars& scalars,
                 bool weight_decay, const ClipArgs& clip, const Predicate& apply_if,
                 Stream stream) {
-  using Op = AdamOp<kRaw, device_t<P>, device_t<S>>;
+  using Op = AdamOp<kForm, device_t<P>, device_t<S>>;
   const Op op{scalars, clip, apply_if, weight_decay};
   return multi_tensor_apply(op, "adam_cuda", t.sizes, stream, t.params, t.grads, t.m, t.v);
 }
@@ -93,8 +112,15 @@ std::string adam_cuda(const AdamCudaTensors<P, S>& t, const AdamCudaScalars& sca
   std::string err = cuda_problem();
   if (err.empty()) err = check_clip_args(clip);
   if (!err.empty()) return "adam_cuda: " + err;
-  return scalars.raw ? run<true>(t, scalars, weight_decay, clip, apply_if, stream)
-                     : run<false>(t, scalars, weight_decay, clip, apply_if, stream);
+  switch (scalars.form) {
+    case AdamForm::kRaw:
+      return run<AdamForm::kRaw>(t, scalars, weight_decay, clip, apply_if, stream);
+    case AdamForm::kTorch:
+      return run<AdamForm::kTorch>(t, scalars, weight_decay, clip, apply_if, stream);
+    case AdamForm::kPrecomputed:
+    default:
+      return run<AdamForm::kPrecomputed>(t, scalars, weight_decay, clip, apply_if, stream);
+  }
 }
 
 #define FUSEDOPT_INSTANTIATE(P, S)                                                       \

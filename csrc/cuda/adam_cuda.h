@@ -14,22 +14,28 @@
 
 FUSEDOPT_CUDA_NAMESPACE_BEGIN
 
-// Adam's per-step scalars, in one of two forms:
+// Adam's per-step scalars, in one of three forms:
 // - precomputed: the fields of AdamScalars (csrc/kernels/adam.h), as the TF op
 //   receives them (computed by the Keras optimizer with TF ops);
 // - raw: the hyperparameters, turned into AdamScalars by make_adam_scalars on
-//   the device (for device-memory learning rates and step counters).
+//   the device (for device-memory learning rates and step counters);
+// - torch: the fields of AdamTorchScalars (kernels/adam.h), the arithmetic of
+//   Keras' torch backend (the PyTorch custom op on CUDA tensors).
+enum class AdamForm : uint8_t { kPrecomputed, kRaw, kTorch };
+
 struct AdamCudaScalars {
-  bool raw = false;
+  AdamForm form = AdamForm::kPrecomputed;
   // precomputed: alpha, one_minus_beta_1, one_minus_beta_2, epsilon, lr, weight_decay
   // raw:         lr, beta_1, beta_2, epsilon, step, weight_decay
-  Scalar v[6];
+  // torch:       alpha, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon,
+  //              decay_scale
+  Scalar v[7];
 
   static AdamCudaScalars Precomputed(Scalar alpha, Scalar one_minus_beta_1,
                                      Scalar one_minus_beta_2, Scalar epsilon, Scalar lr,
                                      Scalar weight_decay) {
     AdamCudaScalars s;
-    s.raw = false;
+    s.form = AdamForm::kPrecomputed;
     s.v[0] = alpha;
     s.v[1] = one_minus_beta_1;
     s.v[2] = one_minus_beta_2;
@@ -41,13 +47,27 @@ struct AdamCudaScalars {
   static AdamCudaScalars Raw(Scalar lr, Scalar beta_1, Scalar beta_2, Scalar epsilon,
                              Scalar step, Scalar weight_decay) {
     AdamCudaScalars s;
-    s.raw = true;
+    s.form = AdamForm::kRaw;
     s.v[0] = lr;
     s.v[1] = beta_1;
     s.v[2] = beta_2;
     s.v[3] = epsilon;
     s.v[4] = step;
     s.v[5] = weight_decay;
+    return s;
+  }
+  static AdamCudaScalars Torch(Scalar alpha, Scalar beta_1, Scalar one_minus_beta_1,
+                               Scalar beta_2, Scalar one_minus_beta_2, Scalar epsilon,
+                               Scalar decay_scale) {
+    AdamCudaScalars s;
+    s.form = AdamForm::kTorch;
+    s.v[0] = alpha;
+    s.v[1] = beta_1;
+    s.v[2] = one_minus_beta_1;
+    s.v[3] = beta_2;
+    s.v[4] = one_minus_beta_2;
+    s.v[5] = epsilon;
+    s.v[6] = decay_scale;
     return s;
   }
 };

@@ -13,25 +13,39 @@
 FUSEDOPT_CUDA_NAMESPACE_BEGIN
 namespace {
 
+// The scalars of one form: SgdScalars<C> or SgdTorchScalars<C> (sgd_cuda.h
+// says where the torch form's fields ride).
 template <typename C>
-__device__ __forceinline__ bool sgd_context(const SgdCudaScalars& scalars, const ClipArgs& clip,
-                                            const Predicate& apply_if, int64_t index,
-                                            SgdScalars<C>* s, ClipScalars<C>* c) {
-  if (!predicate_holds(apply_if)) return false;
+__device__ __forceinline__ void read_rule(const SgdCudaScalars& scalars, SgdScalars<C>* s) {
   s->lr = static_cast<C>(read_scalar(scalars.lr));
   s->momentum = static_cast<C>(read_scalar(scalars.momentum));
   s->weight_decay = static_cast<C>(read_scalar(scalars.weight_decay));
   s->decay_lr = static_cast<C>(read_scalar(scalars.decay_lr));
+}
+template <typename C>
+__device__ __forceinline__ void read_rule(const SgdCudaScalars& scalars, SgdTorchScalars<C>* s) {
+  s->neg_lr = static_cast<C>(read_scalar(scalars.lr));
+  s->momentum = static_cast<C>(read_scalar(scalars.momentum));
+  s->decay_scale = static_cast<C>(read_scalar(scalars.weight_decay));
+}
+
+template <typename C, typename Rule>
+__device__ __forceinline__ bool sgd_context(const SgdCudaScalars& scalars, const ClipArgs& clip,
+                                            const Predicate& apply_if, int64_t index, Rule* s,
+                                            ClipScalars<C>* c) {
+  if (!predicate_holds(apply_if)) return false;
+  read_rule<C>(scalars, s);
   *c = read_clip<C>(clip, index);
   return true;
 }
 
 // Plain SGD: params and grads only (no momentum buffer is read or written).
-template <typename P, typename C>
+// Rule: SgdScalars<C> or SgdTorchScalars<C>, the form sgd_element follows.
+template <typename P, typename C, typename Rule>
 struct SgdPlainOp {
   using Elements = TypeList<P, const P>;
   struct Context {
-    SgdScalars<C> s;
+    Rule s;
     ClipScalars<C> clip;
   };
 
@@ -58,12 +72,12 @@ struct SgdPlainOp {
 };
 
 // Momentum and Nesterov: params, grads and the momentum buffers.
-template <SgdVariant kVariant, typename P, typename S>
+template <SgdVariant kVariant, typename P, typename S, typename Rule>
 struct SgdMomentumOp {
   using C = compute_of<S>;
   using Elements = TypeList<P, const P, S>;
   struct Context {
-    SgdScalars<C> s;
+    Rule s;
     ClipScalars<C> clip;
   };
 
@@ -90,6 +104,32 @@ struct SgdMomentumOp {
   }
 };
 
+
+template <typename Rule, typename P, typename S>
+std::string run(const SgdCudaTensors<P, S>& t, const SgdCudaScalars& scalars,
+                SgdVariant variant, bool weight_decay, const ClipArgs& clip,
+                const Predicate& apply_if, Stream stream) {
+  using DP = device_t<P>;
+  using DS = device_t<S>;
+  switch (variant) {
+    case SgdVariant::kPlain: {
+      const SgdPlainOp<DP, compute_of<DS>, Rule> op{scalars, clip, apply_if, weight_decay};
+      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads);
+    }
+    case SgdVariant::kMomentum: {
+      const SgdMomentumOp<SgdVariant::kMomentum, DP, DS, Rule> op{scalars, clip, apply_if,
+                                                                 weight_decay};
+      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads, t.m);
+    }
+    case SgdVariant::kNesterov:
+    default: {
+      const SgdMomentumOp<SgdVariant::kNesterov, DP, DS, Rule> op{scalars, clip, apply_if,
+                                                                 weight_decay};
+      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads, t.m);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename P, typename S>
@@ -99,25 +139,10 @@ std::string sgd_cuda(const SgdCudaTensors<P, S>& t, const SgdCudaScalars& scalar
   std::string err = cuda_problem();
   if (err.empty()) err = check_clip_args(clip);
   if (!err.empty()) return "sgd_cuda: " + err;
-  using DP = device_t<P>;
-  using DS = device_t<S>;
-  switch (variant) {
-    case SgdVariant::kPlain: {
-      const SgdPlainOp<DP, compute_of<DS>> op{scalars, clip, apply_if, weight_decay};
-      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads);
-    }
-    case SgdVariant::kMomentum: {
-      const SgdMomentumOp<SgdVariant::kMomentum, DP, DS> op{scalars, clip, apply_if,
-                                                           weight_decay};
-      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads, t.m);
-    }
-    case SgdVariant::kNesterov:
-    default: {
-      const SgdMomentumOp<SgdVariant::kNesterov, DP, DS> op{scalars, clip, apply_if,
-                                                           weight_decay};
-      return multi_tensor_apply(op, "sgd_cuda", t.sizes, stream, t.params, t.grads, t.m);
-    }
-  }
+  using C = compute_of<device_t<S>>;
+  return scalars.torch
+             ? run<SgdTorchScalars<C>>(t, scalars, variant, weight_decay, clip, apply_if, stream)
+             : run<SgdScalars<C>>(t, scalars, variant, weight_decay, clip, apply_if, stream);
 }
 
 #define FUSEDOPT_INSTANTIATE(P, S)                                                           \

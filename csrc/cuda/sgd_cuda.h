@@ -11,13 +11,26 @@
 
 FUSEDOPT_CUDA_NAMESPACE_BEGIN
 
-// SgdScalars (csrc/kernels/sgd.h) as hyperparameters on the host or in
-// device memory.
+// SGD's per-step scalars as hyperparameters on the host or in device memory,
+// in one of two forms: SgdScalars (csrc/kernels/sgd.h; torch == false) or,
+// for the PyTorch custom op, SgdTorchScalars (torch == true: Keras' torch
+// backend's arithmetic), whose fields ride in lr (-lr), momentum and
+// weight_decay (decay_scale); Torch() says which is which.
 struct SgdCudaScalars {
   Scalar lr;
   Scalar momentum;
   Scalar weight_decay;
   Scalar decay_lr;
+  bool torch = false;
+
+  static SgdCudaScalars Torch(Scalar neg_lr, Scalar momentum, Scalar decay_scale) {
+    SgdCudaScalars s;
+    s.lr = neg_lr;
+    s.momentum = momentum;
+    s.weight_decay = decay_scale;
+    s.torch = true;
+    return s;
+  }
 };
 
 // Device pointers of N tensors: params[i], grads[i] and (momentum variants)
