@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Usage (on the GPU machine, from the repository root; one device `run`):
-#   bash bench/gpu_checks.sh [all | build test sanitize bench ...]   (default: all)
+#   bash bench/gpu_checks.sh [all | build test keras sanitize bench ...]   (default: all)
 #
 # The GPU verification in one command (issue 15, "GPU truth"): build fusedopt
 # with CUDA and without TensorFlow (the GPU machine has PyTorch, CuPy, nvcc
 # and Python 3.12 but no TensorFlow and no Keras), run the CUDA tests with
-# PyTorch and with CuPy arrays, the ptxas resource check, a compute-sanitizer
-# memcheck and racecheck run, and bench/gpu_adam.py (Adam, Adam with
-# global-norm clipping, Adam with skip_nonfinite, SGD, the global norm: each
-# against torch's fused optimizers and the memory floor).
+# PyTorch and with CuPy arrays, the ptxas resource check, the Keras-torch
+# optimizers on CUDA tensors (step `keras`; Keras from wheels: KERAS_WHEELS),
+# a compute-sanitizer memcheck and racecheck run, and bench/gpu_adam.py
+# (Adam, Adam with global-norm clipping, Adam with skip_nonfinite, SGD, the
+# global norm: each against torch's fused optimizers and the memory floor).
 #
 # It fails (exit 1) unless the build has CUDA (build_info()['cuda']), the
 # kernels can run here (build_info()['cuda_problem'] is None: driver against
@@ -33,6 +34,8 @@ py="${PYTHON:-python3}"
 # capture here).
 min_torch="${MIN_TORCH_TESTS:-140}"
 min_cupy="${MIN_CUPY_TESTS:-110}"
+# tests/backends/torch/test_torch_gpu.py: 93 tests need the GPU.
+min_keras_torch="${MIN_KERAS_TORCH_TESTS:-90}"
 status=0
 step() { echo; echo "=== $*"; }
 run() {  # run NAME CMD...: remember failures, go on
@@ -94,6 +97,22 @@ if wants test; then
     --junitxml="$out/junit-cupy.xml" test_cuda_kernels.py
   run count_cupy passed "$out/junit-cupy.xml" "$min_cupy" cupy
   run ptxas "$py" -m pytest -q -p no:cacheprovider test_cuda_ptxas.py
+fi
+if wants keras; then
+  # The fused torch ops and fusedopt's optimizers on CUDA tensors under
+  # Keras-torch (tests/backends/torch/test_torch_gpu.py: ops against the CPU
+  # kernels bit for bit, CUDA graphs, model.fit against stock on the GPU).
+  # The GPU machine has no Keras: bring the wheels of keras and of what it
+  # needs that the machine lacks (namex, optree, absl-py, rich, h5py,
+  # ml-dtypes for cp312: pip download --only-binary=:all: --python-version
+  # 3.12 keras) in a carried folder and name it in KERAS_WHEELS.
+  if ! "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
+    run keras_wheels "$py" -m pip install --no-index --no-deps "$KERAS_WHEELS"/*.whl
+  fi
+  run test_keras_torch env KERAS_BACKEND=torch FUSEDOPT_BACKEND_TESTS=torch "$py" -m pytest \
+    -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-torch.xml" \
+    backends/torch/test_torch_gpu.py
+  run count_keras_torch passed "$out/junit-keras-torch.xml" "$min_keras_torch" keras-torch
 fi
 if wants sanitize; then
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"

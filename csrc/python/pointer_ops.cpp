@@ -21,8 +21,16 @@
 //   "value": [lo, hi]   "ratio": [numerator, denominator_0, ...]   "scale": [scale]
 // apply_if: the address of one bool byte (0: write nothing), or 0 for none.
 //
-// device < 0 is host memory. CUDA tensors are refused here: the drivers on
-// main lack what these entries need (see docs/backends.md, PyTorch).
+// device < 0 is host memory. device >= 0 is CUDA device memory on that device
+// (builds with CUDA): the CUDA drivers (csrc/cuda/) run on `stream` (a
+// cudaStream_t, 0 for the legacy default stream; torch passes its current
+// stream), everything enqueued, nothing synchronized or allocated, so that a
+// step can be captured in a CUDA graph. There the scalars, clip arguments,
+// apply_if and max_norm are device memory too, read by the kernels when they
+// run: the host checks of their values (lo <= hi, denominators > 0,
+// max_norm > 0) need a sync and are the caller's (the Keras optimizers
+// validate thresholds at construction); squared_norms takes a workspace of
+// pointer_squared_norms_workspace_bytes(sizes) bytes from the caller.
 #include "python/pointer_ops.h"
 
 #include <pybind11/stl.h>
@@ -41,6 +49,16 @@
 #include "cpu/sgd_cpu.h"
 #include "kernels/clip.h"
 #include "kernels/half.h"
+
+#if defined(FUSEDOPT_WITH_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "cuda/adam_cuda.h"
+#include "cuda/finite_cuda.h"
+#include "cuda/norm_cuda.h"
+#include "cuda/runtime.h"
+#include "cuda/sgd_cuda.h"
+#endif
 
 namespace fusedopt {
 namespace py = pybind11;
@@ -101,13 +119,116 @@ SgdVariant parse_variant(const std::string& variant) {
                         "'");
 }
 
+void check_address(uintptr_t address, const std::string& arg) {
+  if (address == 0) throw py::value_error(arg + " is a null pointer");
+}
+
+#if defined(FUSEDOPT_WITH_CUDA)
+
+// ------------------------------------------------------------ CUDA memory
+
+// Runs the rest of the entry on `device` (the tensors' device), restoring the
+// caller's current device after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int64_t device) {
+    const std::string problem = cuda::cuda_problem();
+    if (!problem.empty()) throw std::runtime_error(problem);
+    check(cudaGetDevice(&previous_));
+    if (previous_ != device) check(cudaSetDevice(static_cast<int>(device)));
+  }
+  ~DeviceGuard() {
+    int now = previous_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+  static void check(cudaError_t err) {
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error(std::string(cudaGetErrorName(err)) + ": " +
+                               cudaGetErrorString(err));
+    }
+  }
+
+ private:
+  int previous_ = 0;
+};
+
+// A driver's error ("" when every launch was enqueued) as an exception.
+void check_launch(const std::string& err) {
+  if (!err.empty()) throw std::runtime_error(err);
+}
+
+cuda::Stream as_stream(uintptr_t stream) { return reinterpret_cast<cuda::Stream>(stream); }
+
+cuda::ScalarType device_type(FloatFormat format) {
+  switch (format) {
+    case FloatFormat::kFloat16:
+      return cuda::ScalarType::kFloat16;
+    case FloatFormat::kBFloat16:
+      return cuda::ScalarType::kBFloat16;
+    case FloatFormat::kFloat32:
+      return cuda::ScalarType::kFloat32;
+    case FloatFormat::kFloat64:
+    default:
+      return cuda::ScalarType::kFloat64;
+  }
+}
+
+// The CUDA drivers' host-side name of the storage type T (kernels/half.h's
+// Half and BFloat16 are cuda::Float16 and cuda::BFloat16 there).
+template <typename T>
+struct CudaStorage {
+  using type = T;
+};
+template <>
+struct CudaStorage<Half> {
+  using type = cuda::Float16;
+};
+template <>
+struct CudaStorage<BFloat16> {
+  using type = cuda::BFloat16;
+};
+
+// Element k of a device vector of the compute dtype S, as a driver scalar.
+template <typename S>
+cuda::Scalar device_scalar(uintptr_t vector, int k) {
+  return cuda::Scalar::Device(sizeof(S) == 8 ? cuda::ScalarType::kFloat64
+                                             : cuda::ScalarType::kFloat32,
+                              reinterpret_cast<const S*>(vector) + k);
+}
+
+template <typename S>
+cuda::ClipArgs device_clip(ClipKind kind, uintptr_t args) {
+  if (kind == ClipKind::kNone) return cuda::ClipArgs::None();
+  check_address(args, "clip_args");
+  return cuda::ClipArgs::Device(kind,
+                                sizeof(S) == 8 ? cuda::ScalarType::kFloat64
+                                               : cuda::ScalarType::kFloat32,
+                                reinterpret_cast<const void*>(args));
+}
+
+cuda::Predicate device_predicate(uintptr_t apply_if) {
+  cuda::Predicate p;
+  p.device = reinterpret_cast<const uint8_t*>(apply_if);
+  return p;
+}
+
+#endif  // FUSEDOPT_WITH_CUDA
+
 void refuse_device(int64_t device) {
+#if !defined(FUSEDOPT_WITH_CUDA)
   if (device >= 0) {
     throw py::value_error(
         "device " + std::to_string(device) +
-        ": the pointer entries of this build take host memory only (device < 0); CUDA "
-        "tensors take the stock update");
+        ": this build of fusedopt has no CUDA kernels (device < 0 takes host memory); "
+        "rebuild with CUDA (docs/build.md) or keep the tensors on the CPU");
   }
+#else
+  (void)device;
+#endif
 }
 
 // Every list has one pointer per size; a tensor with elements has an address.
@@ -175,10 +296,6 @@ void check_no_overlap(const Sizes& sizes, int64_t element_bytes,
 
 int64_t element_bytes(FloatFormat format) { return format_bytes(format); }
 
-void check_address(uintptr_t address, const std::string& arg) {
-  if (address == 0) throw py::value_error(arg + " is a null pointer");
-}
-
 template <typename T>
 std::vector<T*> as(const Pointers& p) {
   std::vector<T*> out;
@@ -241,6 +358,26 @@ void adam(const Pointers& params, const Pointers& grads, const Pointers& m, cons
                    {"params", "grads", "m", "v"}, {true, false, true, true});
   check_address(scalars, "scalars");
   refuse_device(device);
+#if defined(FUSEDOPT_WITH_CUDA)
+  if (device >= 0) {
+    const DeviceGuard guard(device);
+    with_type(format, [&](auto tag) {
+      using S = compute_t<decltype(tag)>;
+      using P = typename CudaStorage<decltype(tag)>::type;
+      const cuda::ClipArgs device_clip_args = device_clip<S>(kind, clip_args);
+      if (sizes.empty()) return;
+      const cuda::AdamCudaTensors<P, P> t{as<P>(params), as<const P>(grads), as<P>(m), as<P>(v),
+                                          sizes};
+      auto x = [&](int k) { return device_scalar<S>(scalars, k); };
+      const cuda::AdamCudaScalars s =
+          torch_form ? cuda::AdamCudaScalars::Torch(x(0), x(1), x(2), x(3), x(4), x(5), x(6))
+                     : cuda::AdamCudaScalars::Precomputed(x(0), x(1), x(2), x(3), x(4), x(5));
+      check_launch(cuda::adam_cuda(t, s, decay, device_clip_args, device_predicate(apply_if),
+                                   as_stream(stream)));
+    });
+    return;
+  }
+#endif
   with_type(format, [&](auto tag) {
     using T = decltype(tag);
     using S = compute_t<T>;
@@ -282,6 +419,26 @@ void sgd(const Pointers& params, const Pointers& grads, const Pointers& momentum
   }
   check_address(scalars, "scalars");
   refuse_device(device);
+#if defined(FUSEDOPT_WITH_CUDA)
+  if (device >= 0) {
+    const DeviceGuard guard(device);
+    with_type(format, [&](auto tag) {
+      using S = compute_t<decltype(tag)>;
+      using P = typename CudaStorage<decltype(tag)>::type;
+      const cuda::ClipArgs device_clip_args = device_clip<S>(kind, clip_args);
+      if (sizes.empty()) return;
+      const cuda::SgdCudaTensors<P, P> t{as<P>(params), as<const P>(grads), as<P>(momentums),
+                                         sizes};
+      auto x = [&](int k) { return device_scalar<S>(scalars, k); };
+      const cuda::SgdCudaScalars s = torch_form
+                                         ? cuda::SgdCudaScalars::Torch(x(0), x(1), x(2))
+                                         : cuda::SgdCudaScalars{x(0), x(1), x(2), x(3)};
+      check_launch(cuda::sgd_cuda(t, s, sgd_variant, decay, device_clip_args,
+                                  device_predicate(apply_if), as_stream(stream)));
+    });
+    return;
+  }
+#endif
   with_type(format, [&](auto tag) {
     using T = decltype(tag);
     using S = compute_t<T>;
@@ -300,13 +457,40 @@ void sgd(const Pointers& params, const Pointers& grads, const Pointers& momentum
 
 // out[i] = sum of x[i]^2 (kernels/norm.h: double, fixed order), rounded once
 // to the tensors' dtype (16-bit through float32), as FusedoptSquaredNorms.
+// On a CUDA device: squared_norms_cuda's fixed order (another one), with the
+// caller's workspace of squared_norms_workspace_bytes(sizes) bytes.
 void squared_norms(const Pointers& x, const Sizes& sizes, const std::string& dtype,
-                   uintptr_t out, int64_t device, uintptr_t stream) {
+                   uintptr_t out, int64_t device, uintptr_t stream, uintptr_t workspace,
+                   int64_t workspace_bytes) {
   (void)stream;
+  (void)workspace;
+  (void)workspace_bytes;
   const FloatFormat format = parse_dtype(dtype, "dtype");
   check_lists(sizes, {&x}, {"x"});
   if (!sizes.empty()) check_address(out, "out");
   refuse_device(device);
+#if defined(FUSEDOPT_WITH_CUDA)
+  if (device >= 0) {
+    const DeviceGuard guard(device);
+    const size_t needed = cuda::squared_norms_workspace_bytes(sizes);
+    if (workspace_bytes < 0 || static_cast<size_t>(workspace_bytes) < needed ||
+        (needed > 0 && workspace == 0)) {
+      throw py::value_error("squared_norms on CUDA needs a workspace of " +
+                            std::to_string(needed) + " bytes (pointer_squared_norms_workspace_"
+                            "bytes), got " + std::to_string(workspace_bytes) + " at " +
+                            std::to_string(workspace));
+    }
+    if (sizes.empty()) return;
+    with_type(format, [&](auto tag) {
+      using P = typename CudaStorage<decltype(tag)>::type;
+      check_launch(cuda::squared_norms_cuda<P>(
+          as<const P>(x), sizes, device_type(format), reinterpret_cast<void*>(out),
+          reinterpret_cast<void*>(workspace), static_cast<size_t>(workspace_bytes),
+          as_stream(stream)));
+    });
+    return;
+  }
+#endif
   with_type(format, [&](auto tag) {
     using T = decltype(tag);
     std::vector<double> sums(sizes.size());
@@ -362,6 +546,27 @@ void clip_factors(const Pointers& squared, const Sizes& counts,
   check_address(out, "out");
   check_address(finite, "finite");
   refuse_device(device);
+#if defined(FUSEDOPT_WITH_CUDA)
+  if (device >= 0) {
+    if (global && squared.size() > static_cast<size_t>(cuda::kMaxClipFactorVectors)) {
+      throw py::value_error("kind='global_norm' on CUDA sums at most " +
+                            std::to_string(cuda::kMaxClipFactorVectors) + " vectors, got " +
+                            std::to_string(squared.size()));
+    }
+    const DeviceGuard guard(device);
+    std::vector<cuda::DeviceVector> vectors;
+    for (size_t l = 0; l < squared.size(); ++l) {
+      vectors.push_back({device_type(formats[l]), reinterpret_cast<const void*>(squared[l]),
+                         counts[l]});
+    }
+    check_launch(cuda::clip_factors_cuda(
+        global ? cuda::ClipFactorKind::kGlobalNorm : cuda::ClipFactorKind::kNorm, vectors,
+        cuda::Scalar::Device(device_type(format), reinterpret_cast<const void*>(max_norm)),
+        device_type(format), reinterpret_cast<void*>(out), reinterpret_cast<uint8_t*>(finite),
+        as_stream(stream)));
+    return;
+  }
+#endif
   const double threshold = element_as_double(format, max_norm, 0);
   if (!(threshold > 0)) {
     throw py::value_error("max_norm must be > 0, got " + std::to_string(threshold));
@@ -409,6 +614,26 @@ void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::st
   for (size_t i = 0; i < dtypes.size(); ++i) {
     formats.push_back(parse_dtype(dtypes[i], "dtypes[" + std::to_string(i) + "]"));
   }
+#if defined(FUSEDOPT_WITH_CUDA)
+  if (device >= 0) {
+    // One launch writes one flag: on CUDA a call takes one dtype (the torch
+    // op calls once per dtype and ands the flags on the device).
+    for (size_t i = 1; i < formats.size(); ++i) {
+      if (formats[i] != formats[0]) {
+        throw py::value_error("dtypes[" + std::to_string(i) + "] is '" + dtypes[i] +
+                              "' but dtypes[0] is '" + dtypes[0] +
+                              "'; on CUDA one call takes one dtype");
+      }
+    }
+    const DeviceGuard guard(device);
+    std::vector<const void*> data;
+    for (uintptr_t a : x) data.push_back(reinterpret_cast<const void*>(a));
+    check_launch(cuda::all_finite_cuda(formats.empty() ? FloatFormat::kFloat32 : formats[0],
+                                       data, sizes, reinterpret_cast<uint8_t*>(out), nullptr,
+                                       as_stream(stream)));
+    return;
+  }
+#endif
   bool finite = true;
   {
     py::gil_scoped_release release;
@@ -428,6 +653,23 @@ void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::st
   std::memcpy(reinterpret_cast<void*>(out), &flag, 1);
 }
 
+int64_t workspace_bytes(const Sizes& sizes) {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return static_cast<int64_t>(cuda::squared_norms_workspace_bytes(sizes));
+#else
+  (void)sizes;
+  return 0;
+#endif
+}
+
+bool pointer_cuda() {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 void register_pointer_ops(py::module_& mod) {
@@ -445,7 +687,13 @@ void register_pointer_ops(py::module_& mod) {
           "Multi-tensor SGD in place on raw addresses (see csrc/python/pointer_ops.cpp).");
   mod.def("pointer_squared_norms", &squared_norms, py::arg("x"), py::arg("sizes"),
           py::arg("dtype"), py::arg("out"), py::kw_only(), py::arg("device") = -1,
-          py::arg("stream") = 0, "Per-tensor squared L2 norms into out (raw addresses).");
+          py::arg("stream") = 0, py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+          "Per-tensor squared L2 norms into out (raw addresses).");
+  mod.def("pointer_squared_norms_workspace_bytes", &workspace_bytes, py::arg("sizes"),
+          "Bytes of device memory pointer_squared_norms needs on CUDA for these sizes (0 in "
+          "builds without CUDA).");
+  mod.def("pointer_cuda", &pointer_cuda,
+          "Whether this build's pointer entries take CUDA device memory (device >= 0).");
   mod.def("pointer_clip_factors", &clip_factors, py::arg("squared"), py::arg("counts"),
           py::arg("squared_dtypes"), py::arg("max_norm"), py::arg("dtype"), py::arg("kind"),
           py::arg("out"), py::arg("finite"), py::kw_only(), py::arg("device") = -1,

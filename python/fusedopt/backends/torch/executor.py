@@ -23,6 +23,9 @@ a tensor (no host sync, no graph break under ``torch.compile``).
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import keras
 import torch
 from keras.src.backend.torch.optimizers import torch_adam, torch_sgd
@@ -84,13 +87,14 @@ def apply_if_finite(optimizer, stock_apply, grads, trainable_variables):
 
 def all_finite(grads) -> torch.Tensor:
     """A bool 0-d tensor: no element of any gradient is Inf or NaN. One fused
-    pass per device over the CPU gradients of the fused dtypes; the stock
-    torch ops for the others."""
+    pass per device over the gradients of the fused dtypes on a device the
+    kernels run on (`kernel_device`); the stock torch ops for the others.
+    On the device of the first check."""
     values = [g for g in grads if g is not None]
     fused, other = {}, []
     for g in values:
-        if (fused_ops is not None and g.device.type == "cpu" and g.dtype in FUSED_DTYPES
-                and g.layout == torch.strided):
+        if (fused_ops is not None and g.dtype in FUSED_DTYPES and g.layout == torch.strided
+                and kernel_device(g.device) == g.device):
             fused.setdefault(g.device, []).append(g.contiguous())
         else:
             other.append(g)
@@ -101,8 +105,58 @@ def all_finite(grads) -> torch.Tensor:
         return torch.tensor(True)
     result = checks[0]
     for c in checks[1:]:
-        result = torch.logical_and(result, c)
+        result = torch.logical_and(result, c.to(result.device))
     return result
+
+
+# ------------------------------------------------------------- CUDA opt-in
+
+# Set to 1 to run CUDA tensors through the fused CUDA kernels (docs/gpu.md).
+TORCH_GPU_ENV = "FUSEDOPT_TORCH_GPU"
+
+
+def gpu_reason() -> str | None:
+    """Why CUDA variables take the stock update, or None where they are fused.
+
+    The torch CUDA path is opt-in (FUSEDOPT_TORCH_GPU=1, read at every step)
+    until a GPU run has verified it (tests/backends/torch/test_torch_gpu.py,
+    run by bench/gpu_checks.sh). With the opt-in, a build without CUDA
+    kernels or a machine where they cannot run (fusedopt._C.cuda_problem())
+    falls back with a warning, once per process.
+    """
+    if os.environ.get(TORCH_GPU_ENV) != "1":
+        return (f"variable on a CUDA device (the torch CUDA path is opt-in until verified on a "
+                f"GPU: set {TORCH_GPU_ENV}=1, docs/gpu.md)")
+    return _gpu_problem()
+
+
+_GPU_PROBLEM = []  # [the problem or None], once known
+
+
+# Called, not traced, under torch.compile (it asks _C, which dynamo cannot
+# trace); the result is fixed for the process.
+@torch.compiler.assume_constant_result
+def _gpu_problem() -> str | None:
+    if not _GPU_PROBLEM:
+        from fusedopt import _C
+
+        problem = (None if fused_ops.cuda_kernels()
+                   else "this build of fusedopt has no CUDA kernels") or _C.cuda_problem()
+        if problem is not None:
+            warnings.warn(f"{TORCH_GPU_ENV}=1 but the fused CUDA kernels cannot run, so CUDA "
+                          f"variables take the stock update: {problem}", RuntimeWarning,
+                          stacklevel=3)
+        _GPU_PROBLEM.append(problem)
+    problem = _GPU_PROBLEM[0]
+    return None if problem is None else f"variable on a CUDA device ({problem})"
+
+
+def kernel_device(device: torch.device) -> torch.device:
+    """Where the fused ops run for tensors on `device`: there when the
+    kernels take it (the CPU; a CUDA device under the opt-in), else the CPU."""
+    if device.type == "cuda" and gpu_reason() is None:
+        return device
+    return torch.device("cpu")
 
 
 # ------------------------------------------------------------- the update
@@ -154,9 +208,12 @@ def _fallback_reason(grad, value) -> str | None:
         # The stock foreach update promotes per op (e.g. a float16 gradient's
         # square rounds to float16 before it meets a float32 moment).
         return f"gradient dtype {grad.dtype} differs from the variable's {value.dtype}"
-    if value.device.type != "cpu":
-        return (f"variable on {value.device} (the fused torch ops run on CPU tensors; "
-                "the CUDA path is not built yet)")
+    if value.device.type == "cuda":
+        reason = gpu_reason()
+        if reason:
+            return reason
+    elif value.device.type != "cpu":
+        return f"variable on {value.device} (the fused torch ops run on CPU and CUDA tensors)"
     if grad.device != value.device:
         return f"gradient on {grad.device}, variable on {value.device}"
     if not value.is_contiguous():
@@ -243,6 +300,8 @@ class _Rule:
         device = params[0].device
         decay = self.decay_scale if decayed else 1.0
         kind, args = clip
+        if finite is not None and finite.device != device:
+            finite = finite.to(device)
         slots = [[_slot(optimizer, slot_list, v) for _, v in pairs]
                  for slot_list in optimizer._fused_slots()]
         if self.name == "adam":
@@ -355,16 +414,22 @@ def _fold_clip(kernel_clip, groups, fallback, optimizer, transformer):
 
     # Global norm over every gradient of the step, fused and fallback alike.
     sums = list(squared.values()) + [_squared_norm(g) for _, (g, _) in fallback]
+
+    def on(device):  # the squared norms, each moved to `device` where it is not there
+        return [x if x.device == device else x.to(device) for x in sums]
+
     args, finite = {}, None
     for group, pairs in groups.items():
         cdt, device = compute(pairs)
-        factors, ok = fused_ops.clip_factors(sums, _scalar(max_norm, cdt, device), "global_norm")
+        factors, ok = fused_ops.clip_factors(on(device), _scalar(max_norm, cdt, device),
+                                             "global_norm")
         args[group] = ("scale", factors)
         finite = ok if finite is None else finite
     clipped = []
     for i, (grad, var) in fallback:
         factor_dtype = grad.dtype if grad.dtype in FUSED_DTYPES else torch.float64
-        factors, ok = fused_ops.clip_factors(sums, _scalar(max_norm, factor_dtype, "cpu"),
+        device = kernel_device(grad.device)
+        factors, ok = fused_ops.clip_factors(on(device), _scalar(max_norm, factor_dtype, device),
                                              "global_norm")
         finite = ok if finite is None else finite
         clipped.append((i, (grad * factors[0].to(device=grad.device, dtype=grad.dtype), var)))
@@ -375,9 +440,9 @@ def _squared_norm(grad) -> torch.Tensor:
     """A one-element vector: the squared norm of a fallback gradient."""
     if grad.layout != torch.strided:
         grad = grad.coalesce().values()
-    if grad.dtype in FUSED_DTYPES and grad.device.type == "cpu":
+    if grad.dtype in FUSED_DTYPES and kernel_device(grad.device) == grad.device:
         return fused_ops.squared_norms([grad.contiguous()])
-    return torch.sum(torch.abs(grad).to(torch.float64) ** 2).reshape(1).cpu()
+    return torch.sum(torch.abs(grad).to(torch.float64) ** 2).reshape(1)
 
 
 def _clip_fallback(transformer, fallback, step):
