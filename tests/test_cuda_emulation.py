@@ -28,10 +28,11 @@ EMU = CSRC / "testing" / "cuda_emulation"
 CASES = [
     "adam_apply_if", "adam_bf16_f32", "adam_bf16_tf", "adam_clips", "adam_continuing",
     "adam_device_scalars", "adam_f16_f32", "adam_f16_tf", "adam_f32", "adam_f64",
-    "adam_many_tensors", "all_finite", "clip_factors", "conversions", "driver", "fibers",
-    "launch_errors", "norms", "norms_deterministic", "norms_launches", "planner",
+    "adam_many_tensors", "adam_torch", "all_finite", "clip_factors", "conversions", "driver",
+    "fibers", "launch_errors", "norms", "norms_deterministic", "norms_launches", "planner",
     "refuse_before_launch",
     "sgd_clips_apply_if", "sgd_many_continuing", "sgd_momentum", "sgd_nesterov", "sgd_plain",
+    "sgd_torch",
 ]
 
 FLAGS = [
