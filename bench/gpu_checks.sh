@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Usage (on the GPU machine, from the repository root; one device `run`):
-#   bash bench/gpu_checks.sh [all | build test keras sanitize bench ...]   (default: all)
+#   bash bench/gpu_checks.sh [all | build test keras jax sanitize bench ...]   (default: all)
 #
 # The GPU verification in one command (issue 15, "GPU truth"): build fusedopt
 # with CUDA and without TensorFlow (the GPU machine has PyTorch, CuPy, nvcc
 # and Python 3.12 but no TensorFlow and no Keras), run the CUDA tests with
 # PyTorch and with CuPy arrays, the ptxas resource check, the Keras-torch
-# optimizers on CUDA tensors (step `keras`; Keras from wheels: KERAS_WHEELS),
+# optimizers on CUDA tensors (step `keras`) and the Keras-JAX optimizers on
+# the CUDA FFI handlers (step `jax`; Keras for both from wheels: KERAS_WHEELS),
 # a compute-sanitizer memcheck and racecheck run, and bench/gpu_adam.py
 # (Adam, Adam with global-norm clipping, Adam with skip_nonfinite, SGD, the
 # global norm: each against torch's fused optimizers and the memory floor).
@@ -36,6 +37,8 @@ min_torch="${MIN_TORCH_TESTS:-140}"
 min_cupy="${MIN_CUPY_TESTS:-110}"
 # tests/backends/torch/test_torch_gpu.py: 93 tests need the GPU.
 min_keras_torch="${MIN_KERAS_TORCH_TESTS:-90}"
+# tests/backends/jax/test_jax_gpu.py: 82 tests need the GPU, 2 run anywhere.
+min_keras_jax="${MIN_KERAS_JAX_TESTS:-80}"
 status=0
 step() { echo; echo "=== $*"; }
 run() {  # run NAME CMD...: remember failures, go on
@@ -113,6 +116,19 @@ if wants keras; then
     -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-torch.xml" \
     backends/torch/test_torch_gpu.py
   run count_keras_torch passed "$out/junit-keras-torch.xml" "$min_keras_torch" keras-torch
+fi
+if wants jax; then
+  # The CUDA XLA FFI handlers and the optimizers under Keras-JAX on the GPU
+  # (tests/backends/jax/test_jax_gpu.py: every handler against the CPU one
+  # bit for bit, the compiled HLO, model.fit against stock on the GPU);
+  # Keras as for the keras step.
+  if ! "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
+    run keras_wheels "$py" -m pip install --no-index --no-deps "$KERAS_WHEELS"/*.whl
+  fi
+  run test_keras_jax env KERAS_BACKEND=jax FUSEDOPT_BACKEND_TESTS=jax "$py" -m pytest \
+    -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-jax.xml" \
+    backends/jax/test_jax_gpu.py
+  run count_keras_jax passed "$out/junit-keras-jax.xml" "$min_keras_jax" keras-jax
 fi
 if wants sanitize; then
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"

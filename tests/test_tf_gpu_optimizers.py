@@ -71,7 +71,7 @@ def test_the_opt_in_fuses_gpu_variables_when_the_kernels_can_run(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert executor._fallback_reason(GRAD, GPU_VARIABLE) is None
-    # Not inside XLA: the CUDA FFI handlers cover unclipped Adam only.
+    # Not inside XLA: TF's XLA registers only Adam's CUDA handler (docs/xla.md).
     monkeypatch.setattr(executor, "in_xla_context", lambda: True)
     assert "XLA" in executor._fallback_reason(GRAD, GPU_VARIABLE)
 

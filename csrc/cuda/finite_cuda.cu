@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 template <typename Bits>
 std::string run(const std::vector<const void*>& x, const std::vector<int64_t>& sizes, Bits mask,
-                uint8_t* out, const uint8_t* skip_if, Stream stream) {
+                uint8_t* out, const uint8_t* skip_if, Stream stream, bool reset) {
   const char* name = "all_finite_cuda";
   ByteLists<1> in;
   in.elem_bytes[0] = static_cast<int>(sizeof(Bits));
@@ -50,8 +50,10 @@ std::string run(const std::vector<const void*>& x, const std::vector<int64_t>& s
       sizes, in, kVectorBytes / static_cast<int>(sizeof(Bits)), max_tensors, max_blocks);
   std::string err = check_kernel(&all_finite_kernel<Bits>, kBlockThreads, name);
   if (!err.empty()) return err;
-  const cudaError_t e = cudaMemsetAsync(out, 1, 1, stream);
-  if (e != cudaSuccess) return std::string(name) + ": " + error_string(e);
+  if (reset) {
+    const cudaError_t e = cudaMemsetAsync(out, 1, 1, stream);
+    if (e != cudaSuccess) return std::string(name) + ": " + error_string(e);
+  }
   return launch_plan(&all_finite_kernel<Bits>, name, plan, stream, mask, out, skip_if);
 }
 
@@ -59,7 +61,7 @@ std::string run(const std::vector<const void*>& x, const std::vector<int64_t>& s
 
 std::string all_finite_cuda(FloatFormat format, const std::vector<const void*>& x,
                             const std::vector<int64_t>& sizes, uint8_t* out,
-                            const uint8_t* skip_if, Stream stream) {
+                            const uint8_t* skip_if, Stream stream, bool reset) {
   std::string err = cuda_problem();
   if (!err.empty()) return "all_finite_cuda: " + err;
   if (x.size() != sizes.size()) return "all_finite_cuda: x and sizes differ in length";
@@ -68,12 +70,12 @@ std::string all_finite_cuda(FloatFormat format, const std::vector<const void*>& 
   switch (format) {
     case FloatFormat::kFloat16:
     case FloatFormat::kBFloat16:
-      return run<uint16_t>(x, sizes, static_cast<uint16_t>(mask), out, skip_if, stream);
+      return run<uint16_t>(x, sizes, static_cast<uint16_t>(mask), out, skip_if, stream, reset);
     case FloatFormat::kFloat32:
-      return run<uint32_t>(x, sizes, static_cast<uint32_t>(mask), out, skip_if, stream);
+      return run<uint32_t>(x, sizes, static_cast<uint32_t>(mask), out, skip_if, stream, reset);
     case FloatFormat::kFloat64:
     default:
-      return run<uint64_t>(x, sizes, mask, out, skip_if, stream);
+      return run<uint64_t>(x, sizes, mask, out, skip_if, stream, reset);
   }
 }
 

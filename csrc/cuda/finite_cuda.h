@@ -19,9 +19,11 @@ FUSEDOPT_CUDA_NAMESPACE_BEGIN
 // same result on every run). With skip_if (a device byte, may be nullptr)
 // nonzero when the kernel runs, no element is read and *out stays 1: the
 // norms' own finite flag can settle the check (norm_cuda.h) and this pass then
-// costs nothing.
+// costs nothing. reset = false leaves out the memset: the launch only clears
+// *out, so it ands its check into what *out holds (one call per float format
+// of a mixed list, the first with reset).
 std::string all_finite_cuda(FloatFormat format, const std::vector<const void*>& x,
                             const std::vector<int64_t>& sizes, uint8_t* out,
-                            const uint8_t* skip_if, Stream stream);
+                            const uint8_t* skip_if, Stream stream, bool reset = true);
 
 FUSEDOPT_CUDA_NAMESPACE_END

@@ -22,6 +22,7 @@
 #include "cpu/parallel.h"
 #include "kernels/clip.h"
 #include "kernels/half.h"
+#include "kernels/sgd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace fusedopt {
@@ -191,6 +192,21 @@ inline ffi::Error ParseClipKind(std::string_view name, ClipKind* kind) {
   } else {
     return ffi::Error::InvalidArgument("clip must be 'none', 'value', 'ratio' or 'scale', got '" +
                                        std::string(name) + "'");
+  }
+  return ffi::Error::Success();
+}
+
+// SGD's variant attribute.
+inline ffi::Error ParseSgdVariant(std::string_view name, SgdVariant* variant) {
+  if (name == "plain") {
+    *variant = SgdVariant::kPlain;
+  } else if (name == "momentum") {
+    *variant = SgdVariant::kMomentum;
+  } else if (name == "nesterov") {
+    *variant = SgdVariant::kNesterov;
+  } else {
+    return ffi::Error::InvalidArgument(
+        "variant must be 'plain', 'momentum' or 'nesterov', got '" + std::string(name) + "'");
   }
   return ffi::Error::Success();
 }

@@ -134,20 +134,6 @@ ffi::Error AdamCpu(ffi::ThreadPool pool, ffi::RemainingArgs remaining_args,
 
 constexpr const char* kSgdScalarLayout = "lr, momentum, weight_decay, decay_lr";
 
-ffi::Error ParseSgdVariant(std::string_view name, SgdVariant* variant) {
-  if (name == "plain") {
-    *variant = SgdVariant::kPlain;
-  } else if (name == "momentum") {
-    *variant = SgdVariant::kMomentum;
-  } else if (name == "nesterov") {
-    *variant = SgdVariant::kNesterov;
-  } else {
-    return ffi::Error::InvalidArgument(
-        "variant must be 'plain', 'momentum' or 'nesterov', got '" + std::string(name) + "'");
-  }
-  return ffi::Error::Success();
-}
-
 template <typename T>
 ffi::Error SgdTyped(const Buffers& args, const Buffers& rets, size_t n, size_t m_count,
                     SgdVariant variant, bool decay, ClipKind clip_kind,

@@ -56,8 +56,11 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiClipFactorsCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiAllFiniteCpu);
 
 #if defined(FUSEDOPT_WITH_CUDA)
-// CUDA handlers (platform "CUDA"): launch the CUDA drivers on XLA's stream,
-// command-buffer compatible. Only the drivers that exist on the CUDA side
-// have one (csrc/ffi/cuda_handlers.cc says which).
+// CUDA handlers (platform "CUDA"): launch the CUDA drivers on XLA's stream
+// (csrc/ffi/cuda_handlers.cc: which are command-buffer compatible).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiAdamCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiSgdCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiSquaredNormsCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiClipFactorsCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FusedoptFfiAllFiniteCuda);
 #endif

@@ -38,6 +38,10 @@ PYBIND11_MODULE(_xla_ffi, m) {
         py::dict d;
 #if defined(FUSEDOPT_WITH_CUDA)
         d[fh::kAdamTarget] = Capsule(FusedoptFfiAdamCuda);
+        d[fh::kSgdTarget] = Capsule(FusedoptFfiSgdCuda);
+        d[fh::kSquaredNormsTarget] = Capsule(FusedoptFfiSquaredNormsCuda);
+        d[fh::kClipFactorsTarget] = Capsule(FusedoptFfiClipFactorsCuda);
+        d[fh::kAllFiniteTarget] = Capsule(FusedoptFfiAllFiniteCuda);
 #endif
         return d;
       },

@@ -616,21 +616,24 @@ void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::st
   }
 #if defined(FUSEDOPT_WITH_CUDA)
   if (device >= 0) {
-    // One launch writes one flag: on CUDA a call takes one dtype (the torch
-    // op calls once per dtype and ands the flags on the device).
-    for (size_t i = 1; i < formats.size(); ++i) {
-      if (formats[i] != formats[0]) {
-        throw py::value_error("dtypes[" + std::to_string(i) + "] is '" + dtypes[i] +
-                              "' but dtypes[0] is '" + dtypes[0] +
-                              "'; on CUDA one call takes one dtype");
-      }
-    }
+    // One launch per dtype present, the first setting *out, the others anding
+    // their check into it (with no tensor at all, the float64 call sets it).
     const DeviceGuard guard(device);
-    std::vector<const void*> data;
-    for (uintptr_t a : x) data.push_back(reinterpret_cast<const void*>(a));
-    check_launch(cuda::all_finite_cuda(formats.empty() ? FloatFormat::kFloat32 : formats[0],
-                                       data, sizes, reinterpret_cast<uint8_t*>(out), nullptr,
-                                       as_stream(stream)));
+    bool first = true;
+    for (FloatFormat f : {FloatFormat::kFloat16, FloatFormat::kBFloat16, FloatFormat::kFloat32,
+                          FloatFormat::kFloat64}) {
+      std::vector<const void*> data;
+      Sizes n;
+      for (size_t i = 0; i < x.size(); ++i) {
+        if (formats[i] != f) continue;
+        data.push_back(reinterpret_cast<const void*>(x[i]));
+        n.push_back(sizes[i]);
+      }
+      if (data.empty() && !(first && f == FloatFormat::kFloat64)) continue;
+      check_launch(cuda::all_finite_cuda(f, data, n, reinterpret_cast<uint8_t*>(out), nullptr,
+                                         as_stream(stream), /*reset=*/first));
+      first = false;
+    }
     return;
   }
 #endif

@@ -948,21 +948,25 @@ void factors_case(fc::ClipFactorKind kind, const std::vector<FactorInput>& input
 // ---------------------------------------------------------------------------
 // All finite.
 
+// preset >= 0: the flag holds preset before the call and the call runs with
+// reset = false (a later format of a mixed list), so it must and its check
+// into the flag: stay preset where every element is finite, else 0.
 template <typename T>
 void finite_case(const Layout& layout, const std::vector<std::pair<size_t, int64_t>>& bad,
-                 double bad_value, int skip_if, uint64_t seed) {
+                 double bad_value, int skip_if, uint64_t seed, int preset = -1) {
   Rng rng(seed);
   TensorList<T> x(rng, layout, 0, 100.0);
   for (auto [i, k] : bad) (*x.buffers[i])[k] = from_double<T>(bad_value);
   for (auto [i, k] : bad) x.initial[i][k] = (*x.buffers[i])[k];
   Buffer<uint8_t> out(1, 0);
-  out[0] = 9;
+  out[0] = preset >= 0 ? static_cast<uint8_t>(preset) : 9;
   Buffer<uint8_t> skip(1, 0);
   skip[0] = skip_if > 0 ? 1 : 0;
   std::vector<const void*> ptrs;
   for (auto* p : x.const_pointers()) ptrs.push_back(p);
   require_ok(fc::all_finite_cuda(Host<T>::kFormat, ptrs, layout.sizes, out.data(),
-                                 skip_if >= 0 ? skip.data() : nullptr, nullptr),
+                                 skip_if >= 0 ? skip.data() : nullptr, nullptr,
+                                 /*reset=*/preset < 0),
              "all_finite_cuda");
   x.check_unchanged("x");
   bool finite = true;
@@ -970,9 +974,10 @@ void finite_case(const Layout& layout, const std::vector<std::pair<size_t, int64
     finite = finite && !any_nonfinite(Host<T>::kFormat, x.buffers[i]->data(), layout.sizes[i]);
   }
   if (skip_if > 0) finite = true;
-  require(out[0] == (finite ? 1 : 0),
+  const int want = preset >= 0 ? (finite ? preset : 0) : (finite ? 1 : 0);
+  require(out[0] == want,
           std::string("all_finite (") + Host<T>::name() + "): got " + std::to_string(out[0]) +
-              ", want " + std::to_string(finite));
+              ", want " + std::to_string(want));
 }
 
 // ---------------------------------------------------------------------------
@@ -1599,6 +1604,12 @@ std::map<std::string, std::function<void()>> cases() {
     }
     finite_case<fc::Float16>(s, {{tensor_of(s, 1025, 0), 0}}, 70000.0, -1, seed++);  // float16 Inf
     finite_case<float>(single({}, 1), {}, 0, -1, seed++);
+    // reset = false, the later formats of a mixed list: and into the flag.
+    finite_case<float>(s, {}, inf, -1, seed++, /*preset=*/1);                      // stays 1
+    finite_case<fc::Float16>(s, {{tensor_of(s, 17, 0), 3}}, inf, -1, seed++, 1);   // -> 0
+    finite_case<double>(s, {}, inf, -1, seed++, /*preset=*/0);                     // stays 0
+    finite_case<fc::BFloat16>(l, {{tensor_of(l, 2 * C + 3, 0), 2 * C + 2}}, std::nan(""), -1,
+                              seed++, 1);                                          // -> 0
     for (const char* limits : kLimits) {
       with_limits(limits, [&] {
         finite_case<float>(single(kContinuing, 1), {{3, 7 * C - 1}}, inf, -1, seed++);

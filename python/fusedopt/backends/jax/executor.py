@@ -31,6 +31,7 @@ each device updates its replica or its shard, and XLA gathers nothing (the
 
 from __future__ import annotations
 
+import os
 import sys
 
 import jax
@@ -73,10 +74,32 @@ def step_fallback(optimizer) -> str | None:
     if distribution is not None and not isinstance(distribution, _DISTRIBUTIONS):
         return (f"under keras.distribution {type(distribution).__name__} (fused under "
                 "DataParallel and ModelParallel only)")
-    platform = jax.default_backend()
-    if platform != "cpu":
-        return (f"JAX platform {platform!r} (the CUDA FFI handlers are not verified on a "
-                "GPU yet)")
+    return platform_reason(jax.default_backend())
+
+
+# Set to 1 to run Keras-JAX on a GPU through the CUDA FFI handlers (docs/gpu.md).
+JAX_GPU_ENV = "FUSEDOPT_JAX_GPU"
+
+
+def platform_reason(platform: str) -> str | None:
+    """Why a step on JAX platform `platform` takes the stock update, or None.
+
+    The CPU handlers run on "cpu". On "gpu" the CUDA handlers are opt-in
+    (FUSEDOPT_JAX_GPU=1, read at every trace) until a GPU run has verified
+    them (tests/backends/jax/test_jax_gpu.py, run by bench/gpu_checks.sh);
+    with the opt-in a build without them falls back, naming what is missing.
+    """
+    if platform == "cpu":
+        return None
+    if platform != "gpu":
+        return f"JAX platform {platform!r} (fused on cpu, and on gpu with {JAX_GPU_ENV}=1)"
+    if os.environ.get(JAX_GPU_ENV) != "1":
+        return (f"JAX platform 'gpu' (the CUDA FFI handlers are opt-in until verified on a GPU: "
+                f"set {JAX_GPU_ENV}=1, docs/gpu.md)")
+    missing = sorted(set(ffi.cpu_targets()) - set(ffi.cuda_targets()))
+    if missing:
+        return (f"JAX platform 'gpu' ({JAX_GPU_ENV}=1, but this build has no CUDA handler for "
+                f"{', '.join(missing)}: it was built without CUDA)")
     return None
 
 

@@ -25,8 +25,11 @@ before the rule: ``clip_kind="value"`` with ``clip_args=[lo, hi]``,
 when false the call writes nothing (every output equals its input).
 
 float16 / bfloat16 tensors are computed in float32 and rounded once, as the
-CPU kernels do. On CUDA only ``adam_update`` without clipping and without
-``apply_if`` exists yet (``cuda_targets()``).
+CPU kernels do. In CUDA builds every target has a CUDA handler too
+(``cuda_targets()``; csrc/ffi/cuda_handlers.cc): the updates take float32
+and float64 there, and the values the CPU handlers check by reading them
+(``clip_args`` lo <= hi, denominators > 0, ``max_norm > 0``) are not read on
+the host on CUDA (docs/gpu.md).
 """
 
 from __future__ import annotations

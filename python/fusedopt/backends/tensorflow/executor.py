@@ -246,8 +246,8 @@ def _fallback_reason(grad, var) -> str | None:
         return f"dtype {var.dtype.name} inside an XLA cluster (XLA kernels: float32, float64)"
     if "GPU" in var.device.upper():
         if in_xla_context():
-            return ("variable on a GPU inside an XLA cluster (the CUDA FFI handlers cover "
-                    "unclipped Adam only; docs/xla.md)")
+            return ("variable on a GPU inside an XLA cluster (TensorFlow's XLA registers "
+                    "only Adam's CUDA handler, not verified on a TF GPU; docs/xla.md)")
         return gpu_reason()
     return None
 

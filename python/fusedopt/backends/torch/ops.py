@@ -273,21 +273,10 @@ def all_finite(x: list[torch.Tensor]) -> torch.Tensor:
         if not t.is_contiguous():
             raise ValueError(f"x[{i}] is not contiguous")
         _check_device(t, f"x[{i}]", device)
-    if device.type != "cuda":
-        out = torch.empty((), dtype=torch.bool)
-        _C.pointer_all_finite(_pointers(x), [t.numel() for t in x],
-                              [_name(t.dtype) for t in x], out.data_ptr())
-        return out
-    # On CUDA one launch per dtype (one flag each), and-ed on the device.
-    by_dtype = {}
-    for t in x:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    flags = torch.empty(len(by_dtype), dtype=torch.bool, device=device)
-    for k, (dtype, tensors) in enumerate(by_dtype.items()):
-        _C.pointer_all_finite(_pointers(tensors), [t.numel() for t in tensors],
-                              [_name(dtype)] * len(tensors), flags[k].data_ptr(),
-                              **_device_args(device))
-    return flags.all()
+    out = torch.empty((), dtype=torch.bool, device=device)
+    _C.pointer_all_finite(_pointers(x), [t.numel() for t in x], [_name(t.dtype) for t in x],
+                          out.data_ptr(), **_device_args(device))
+    return out
 
 
 @all_finite.register_fake
