@@ -44,7 +44,11 @@ def sgd_scalars(dtype, lr, momentum=0.0, weight_decay=0.0):
 
 
 def as_jax(lists):
-    return [[jnp.asarray(a) for a in lst] for lst in lists]
+    # Copies: on the CPU jnp.asarray may alias a NumPy array's memory, and
+    # jax dispatches asynchronously, so a call could still be reading its
+    # operands while the test updates the same arrays with fusedopt.kernels
+    # for the reference (a race: the result then mixes old and new values).
+    return [[jnp.array(a, copy=True) for a in lst] for lst in lists]
 
 
 def assert_bits(name, got, expected):
