@@ -20,47 +20,6 @@ namespace fusedopt {
 namespace ffi_handlers {
 namespace {
 
-using Buffers = std::vector<ffi::AnyBuffer>;
-
-// The tensor operands of an update, by list: lists[l][i] is operand
-// offsets[l] + i; lists 0..written-1 are written (result j aliases operand j).
-struct UpdateLists {
-  std::vector<const char*> names;
-  std::vector<size_t> sizes;
-};
-
-// Checks that every tensor of `lists` (in `args`, from operand 0 on) has
-// params[0]'s element type and params[i]'s shape, and that `rets` pairs up
-// with the first `written` operands.
-ffi::Error CheckTensors(const Buffers& args, const Buffers& rets, const UpdateLists& lists,
-                        size_t num_tensors, size_t written) {
-  const ffi::DataType t = args[0].element_type();
-  size_t offset = 0;
-  for (size_t l = 0; l < lists.names.size(); ++l) {
-    for (size_t i = 0; i < lists.sizes[l]; ++i) {
-      const size_t k = i % num_tensors;
-      if (auto e = CheckLike(args[offset + i], lists.names[l], i, t, args[k], "params", k);
-          e.failure()) {
-        return e;
-      }
-    }
-    offset += lists.sizes[l];
-  }
-  if (auto e = CheckCount("results", rets.size(), written,
-                          "one per written operand, aliased to it");
-      e.failure()) {
-    return e;
-  }
-  for (size_t j = 0; j < written; ++j) {
-    if (rets[j].element_type() != t || !SameShape(rets[j], args[j])) {
-      return ffi::Error::InvalidArgument("result " + std::to_string(j) +
-                                         " must have the element type and shape of operand " +
-                                         std::to_string(j) + " (it aliases it)");
-    }
-  }
-  return ffi::Error::Success();
-}
-
 // ---------------------------------------------------------------------------
 // Adam / AdamW
 

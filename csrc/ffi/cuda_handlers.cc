@@ -36,8 +36,6 @@ namespace fusedopt {
 namespace ffi_handlers {
 namespace {
 
-using Buffers = std::vector<ffi::AnyBuffer>;
-
 ffi::Error Unimplemented(const std::string& what) {
   return ffi::Error(ffi::ErrorCode::kUnimplemented, what);
 }
@@ -72,34 +70,6 @@ ffi::Error StartFromOnDevice(const ffi::AnyBuffer& in, const ffi::AnyBuffer& out
   const std::string err = cuda::copy_device_async(out.untyped_data(), in.untyped_data(),
                                                   static_cast<int64_t>(in.size_bytes()), stream);
   if (!err.empty()) return ffi::Error::Internal("device copy of an operand failed: " + err);
-  return ffi::Error::Success();
-}
-
-// Checks that the first `lists` x n operands have params[0]'s type and
-// params[i]'s shape, and that there is one result per written operand.
-ffi::Error CheckUpdateTensors(const Buffers& args, const Buffers& rets,
-                              const std::vector<const char*>& names, size_t n, size_t written) {
-  const ffi::DataType t = args[0].element_type();
-  for (size_t l = 0; l < names.size(); ++l) {
-    for (size_t i = 0; i < n; ++i) {
-      if (auto e = CheckLike(args[l * n + i], names[l], i, t, args[i], "params", i);
-          e.failure()) {
-        return e;
-      }
-    }
-  }
-  if (auto e = CheckCount("results", rets.size(), written, "one per written operand, aliased "
-                          "to it");
-      e.failure()) {
-    return e;
-  }
-  for (size_t j = 0; j < written; ++j) {
-    if (rets[j].element_type() != t || !SameShape(rets[j], args[j])) {
-      return ffi::Error::InvalidArgument("result " + std::to_string(j) +
-                                         " must have the element type and shape of operand " +
-                                         std::to_string(j) + " (it aliases it)");
-    }
-  }
   return ffi::Error::Success();
 }
 
@@ -211,7 +181,7 @@ ffi::Error AdamCuda(CUstream_st* stream, ffi::RemainingArgs remaining_args,
   const ffi::DataType t = args[0].element_type();
   return WithUpdateType(t, "fusedopt_adam", [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
-    if (auto e = CheckUpdateTensors(args, rets, {"params", "m", "v", "grads"}, n, 3 * n);
+    if (auto e = CheckTensors(args, rets, {{"params", "m", "v", "grads"}, {n, n, n, n}}, n, 3 * n);
         e.failure()) {
       return e;
     }
@@ -261,10 +231,11 @@ ffi::Error SgdCuda(CUstream_st* stream, ffi::RemainingArgs remaining_args,
   const ffi::DataType t = args[0].element_type();
   return WithUpdateType(t, "fusedopt_sgd", [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
-    const std::vector<const char*> names =
-        m_count == 0 ? std::vector<const char*>{"params", "grads"}
-                     : std::vector<const char*>{"params", "momentums", "grads"};
-    if (auto e = CheckUpdateTensors(args, rets, names, n, n + m_count); e.failure()) return e;
+    if (auto e = CheckTensors(args, rets, {{"params", "momentums", "grads"}, {n, m_count, n}}, n,
+                              n + m_count);
+        e.failure()) {
+      return e;
+    }
     const size_t rest = 2 * n + m_count;
     DeviceOperands d;
     if (auto e = ReadDeviceOperands(args[rest], 4, "lr, momentum, weight_decay, decay_lr",
