@@ -44,11 +44,12 @@ def sgd_scalars(dtype, lr, momentum=0.0, weight_decay=0.0):
 
 
 def as_jax(lists):
-    # Copies: on the CPU jnp.asarray may alias a NumPy array's memory, and
-    # jax dispatches asynchronously, so a call could still be reading its
-    # operands while the test updates the same arrays with fusedopt.kernels
-    # for the reference (a race: the result then mixes old and new values).
-    return [[jnp.array(a, copy=True) for a in lst] for lst in lists]
+    # Host copies: on the CPU jax may alias a NumPy array's memory (even a
+    # jnp.array(copy=True) reads it later, asynchronously), so a call could
+    # still be reading its operands while the test updates the same arrays
+    # with fusedopt.kernels for the reference (a race: the result then mixes
+    # old and new values). The copies belong to jax alone.
+    return [[jnp.asarray(np.array(a, copy=True)) for a in lst] for lst in lists]
 
 
 def assert_bits(name, got, expected):
@@ -178,6 +179,7 @@ def test_apply_if_false_writes_nothing_and_the_predicate_does_not_recompile():
     step = jax.jit(lambda p, g, m_, v_, a: ffi.adam_update(p, g, m_, v_, s, apply_if=a))
     skipped = step(*as_jax([params, grads, m, v]), jnp.asarray(False))
     applied = step(*as_jax([params, grads, m, v]), jnp.asarray(True))
+    jax.block_until_ready((skipped, applied))
     assert step._cache_size() == 1
     old = copies(params, m, v)
     kernels.adam(params, grads, m, v, **ADAM)
