@@ -101,35 +101,30 @@ if wants test; then
   run count_cupy passed "$out/junit-cupy.xml" "$min_cupy" cupy
   run ptxas "$py" -m pytest -q -p no:cacheprovider test_cuda_ptxas.py
 fi
-if wants keras; then
-  # The fused torch ops and fusedopt's optimizers on CUDA tensors under
-  # Keras-torch (tests/backends/torch/test_torch_gpu.py: ops against the CPU
-  # kernels bit for bit, CUDA graphs, model.fit against stock on the GPU).
-  # The GPU machine has no Keras: bring the wheels of keras and of what it
-  # needs that the machine lacks (namex, optree, absl-py, rich, h5py,
-  # ml-dtypes for cp312: pip download --only-binary=:all: --python-version
-  # 3.12 keras) in a carried folder and name it in KERAS_WHEELS.
+# keras_backend BACKEND MIN: tests/backends/BACKEND/test_BACKEND_gpu.py under
+# KERAS_BACKEND=BACKEND, at least MIN passing. The GPU machine has no Keras:
+# bring the wheels of keras and of what it needs that the machine lacks
+# (namex, optree, absl-py, rich, h5py, ml-dtypes for cp312: pip download
+# --only-binary=:all: --python-version 3.12 keras) in a carried folder and
+# name it in KERAS_WHEELS.
+keras_backend() {
+  local backend="$1" minimum="$2"
   if ! "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
     run keras_wheels "$py" -m pip install --no-index --no-deps "$KERAS_WHEELS"/*.whl
   fi
-  run test_keras_torch env KERAS_BACKEND=torch FUSEDOPT_BACKEND_TESTS=torch "$py" -m pytest \
-    -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-torch.xml" \
-    backends/torch/test_torch_gpu.py
-  run count_keras_torch passed "$out/junit-keras-torch.xml" "$min_keras_torch" keras-torch
-fi
-if wants jax; then
-  # The CUDA XLA FFI handlers and the optimizers under Keras-JAX on the GPU
-  # (tests/backends/jax/test_jax_gpu.py: every handler against the CPU one
-  # bit for bit, the compiled HLO, model.fit against stock on the GPU);
-  # Keras as for the keras step.
-  if ! "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
-    run keras_wheels "$py" -m pip install --no-index --no-deps "$KERAS_WHEELS"/*.whl
-  fi
-  run test_keras_jax env KERAS_BACKEND=jax FUSEDOPT_BACKEND_TESTS=jax "$py" -m pytest \
-    -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-jax.xml" \
-    backends/jax/test_jax_gpu.py
-  run count_keras_jax passed "$out/junit-keras-jax.xml" "$min_keras_jax" keras-jax
-fi
+  run "test_keras_$backend" env KERAS_BACKEND="$backend" FUSEDOPT_BACKEND_TESTS="$backend" \
+    "$py" -m pytest -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-$backend.xml" \
+    "backends/$backend/test_${backend}_gpu.py"
+  run "count_keras_$backend" passed "$out/junit-keras-$backend.xml" "$minimum" "keras-$backend"
+}
+# The fused torch ops and fusedopt's optimizers on CUDA tensors under
+# Keras-torch (ops against the CPU kernels bit for bit, CUDA graphs,
+# model.fit against stock on the GPU).
+if wants keras; then keras_backend torch "$min_keras_torch"; fi
+# The CUDA XLA FFI handlers and the optimizers under Keras-JAX on the GPU
+# (every handler against the CPU one bit for bit, the compiled HLO,
+# model.fit against stock on the GPU).
+if wants jax; then keras_backend jax "$min_keras_jax"; fi
 if wants sanitize; then
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   # PyTorch arrays (the default backend), each its own cudaMalloc: with the

@@ -137,16 +137,20 @@ GRAPPLER_PRODUCT = 2
 NORM_CLIP = 32
 
 
-def fit_parity(make_fused, make_stock, bound, run_eagerly=False, epochs=3):
+def fit_parity(make_fused, make_stock, bound, run_eagerly=False, epochs=3, passes=1, what=""):
     """Trains fresh models with `make_fused()` and `make_stock()` optimizers
     and checks the parity contract: bound EXACT compares whole training runs
-    bit for bit; a positive bound is checked step by step (`per_step_ulps`)."""
+    bit for bit over `epochs`; a positive bound is checked step by step
+    (`per_step_ulps`) over `passes` passes of the data. Returns the fused
+    model; prints the step ulps measured, labelled `what` (the GPU runs
+    record them)."""
     from training import assert_same_state, make_data, make_model, train
 
     if bound == EXACT:
         fused = train(make_fused(), epochs=epochs, run_eagerly=run_eagerly)
         stock = train(make_stock(), epochs=epochs, run_eagerly=run_eagerly)
         assert_same_state(fused, stock)
+        print(f"{what}: bit for bit over {epochs} epochs")
         return fused
     import keras
 
@@ -158,6 +162,7 @@ def fit_parity(make_fused, make_stock, bound, run_eagerly=False, epochs=3):
         models.append(model)
     x, y = make_data()
     batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
-    worst = per_step_ulps(models[0], models[1], batches)
-    assert worst <= bound, f"{worst} step ulps, contract {bound}"
+    worst = per_step_ulps(models[0], models[1], batches * passes)
+    print(f"{what}: {worst} step ulps (contract {bound})")
+    assert worst <= bound, f"{what}: {worst} step ulps, contract {bound}"
     return models[0]

@@ -410,3 +410,26 @@ def test_bad_values_fail_in_the_handler_with_its_message():
     step = jax.jit(lambda c: ffi.adam_update(*lists, s, clip_kind="ratio", clip_args=c))
     with pytest.raises(Exception, match=r"clip_args\[2\].*must be > 0"):
         jax.block_until_ready(step(jnp.asarray([1.0, 2.0, 0.0], jnp.float32)))
+
+
+@pytest.mark.parametrize("target,attrs,operands,words", [
+    (ffi.ADAM_TARGET, dict(decay=False, clip="none"), 6,
+     "fusedopt_adam takes params[N], m[N], v[N], grads[N], scalars, clip_args, apply_if "
+     "(4N + 3 operands, N >= 1), got 6 operands"),
+    (ffi.SGD_TARGET, dict(decay=False, clip="none", variant="momentum"), 5,
+     "fusedopt_sgd with variant='momentum' takes params[N], momentums[N], grads[N], scalars, "
+     "clip_args, apply_if (3N + 3 operands, N >= 1), got 5 operands"),
+    (ffi.SGD_TARGET, dict(decay=False, clip="none", variant="plain"), 6,
+     "fusedopt_sgd with variant='plain' takes params[N], grads[N], scalars, clip_args, "
+     "apply_if (2N + 3 operands, N >= 1), got 6 operands"),
+])
+def test_the_handlers_refuse_a_wrong_operand_count(target, attrs, operands, words):
+    """A direct ffi_call with operands that do not make whole tensor lists is
+    refused by the handler, which says what it takes."""
+    ffi.cpu_targets()  # registers the handlers
+    xs = [jnp.zeros(3, jnp.float32) for _ in range(operands)]
+    call = jax.ffi.ffi_call(target, [jax.ShapeDtypeStruct((3,), jnp.float32)],
+                            input_output_aliases={0: 0})
+    with pytest.raises(Exception) as info:
+        jax.block_until_ready(call(*xs, **attrs))
+    assert words in str(info.value)

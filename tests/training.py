@@ -60,3 +60,27 @@ def assert_same_state(a, b):
     for i, (x, y) in enumerate(zip(sa, sb)):
         assert x.shape == y.shape, i
         np.testing.assert_array_equal(x, y, err_msg=f"variable {i} differs")
+
+
+# The optimizer configurations the GPU `fit` tests of each backend train
+# against stock: name -> (make the fusedopt optimizer, make the stock one).
+def _gpu_fit_cases():
+    import fusedopt
+
+    def pair(fused_cls, stock_cls, fused_only=None, **kwargs):
+        return (lambda: fused_cls(**kwargs, **(fused_only or {})), lambda: stock_cls(**kwargs))
+
+    return {
+        "Adam": pair(fusedopt.Adam, keras.optimizers.Adam, learning_rate=0.01),
+        "AdamW-clipnorm": pair(fusedopt.AdamW, keras.optimizers.AdamW, learning_rate=0.01,
+                               weight_decay=0.05, clipnorm=0.5),
+        "SGD-nesterov": pair(fusedopt.SGD, keras.optimizers.SGD, learning_rate=0.05,
+                             momentum=0.8, nesterov=True, weight_decay=0.01),
+        # Stock Keras has no skip_nonfinite; on finite data it changes nothing.
+        "SGD-global-clipnorm-skip": pair(fusedopt.SGD, keras.optimizers.SGD,
+                                         dict(skip_nonfinite=True), learning_rate=0.05,
+                                         momentum=0.9, global_clipnorm=1.0),
+    }
+
+
+GPU_FIT_CASES = _gpu_fit_cases()

@@ -253,6 +253,35 @@ inline ffi::Error ParseSgdVariant(std::string_view name, SgdVariant* variant) {
   return ffi::Error::Success();
 }
 
+// The tensor count N of an Adam call from its operand count: params, m, v,
+// grads (N each), then scalars, clip_args, apply_if.
+inline ffi::Error AdamTensorCount(const Buffers& args, size_t* n) {
+  if (args.size() < 7 || (args.size() - 3) % 4 != 0) {
+    return ffi::Error::InvalidArgument(
+        "fusedopt_adam takes params[N], m[N], v[N], grads[N], scalars, clip_args, apply_if "
+        "(4N + 3 operands, N >= 1), got " + std::to_string(args.size()) + " operands");
+  }
+  *n = (args.size() - 3) / 4;
+  return ffi::Error::Success();
+}
+
+// The tensor counts of an SGD call: params (N), momentums (N, none for plain
+// SGD), grads (N), then scalars, clip_args, apply_if.
+inline ffi::Error SgdTensorCounts(const Buffers& args, SgdVariant variant,
+                                  std::string_view variant_name, size_t* n, size_t* m_count) {
+  const size_t lists = variant == SgdVariant::kPlain ? 2 : 3;
+  if (args.size() < lists + 3 || (args.size() - 3) % lists != 0) {
+    return ffi::Error::InvalidArgument(
+        std::string("fusedopt_sgd with variant='") + std::string(variant_name) + "' takes " +
+        (lists == 2 ? "params[N], grads[N]" : "params[N], momentums[N], grads[N]") +
+        ", scalars, clip_args, apply_if (" + std::to_string(lists) +
+        "N + 3 operands, N >= 1), got " + std::to_string(args.size()) + " operands");
+  }
+  *n = (args.size() - 3) / lists;
+  *m_count = lists == 2 ? 0 : *n;
+  return ffi::Error::Success();
+}
+
 // How many clip_args a clip kind takes for `n` tensors (csrc/tf/clip_args.h:
 // value [lo, hi], ratio [numerator, den_0..den_{n-1}], scale [scale]).
 inline int64_t ClipArgCount(ClipKind kind, int64_t n) {

@@ -74,13 +74,8 @@ ffi::Error AdamCpu(ffi::ThreadPool pool, ffi::RemainingArgs remaining_args,
   Buffers args, rets;
   if (auto e = Collect(remaining_args, &args); e.failure()) return e;
   if (auto e = Collect(remaining_rets, &rets); e.failure()) return e;
-  // params, m, v, grads (N each), scalars, clip_args, apply_if.
-  if (args.size() < 7 || (args.size() - 3) % 4 != 0) {
-    return ffi::Error::InvalidArgument(
-        "fusedopt_adam takes params[N], m[N], v[N], grads[N], scalars, clip_args, apply_if "
-        "(4N + 3 operands, N >= 1), got " + std::to_string(args.size()) + " operands");
-  }
-  const size_t n = (args.size() - 3) / 4;
+  size_t n = 0;
+  if (auto e = AdamTensorCount(args, &n); e.failure()) return e;
   const ParallelFor parallel = PoolParallelFor(&pool);
   return WithFloatType(args[0].element_type(), "params[0]", [&](auto tag) {
     using T = decltype(tag);
@@ -144,18 +139,8 @@ ffi::Error SgdCpu(ffi::ThreadPool pool, ffi::RemainingArgs remaining_args,
   Buffers args, rets;
   if (auto e = Collect(remaining_args, &args); e.failure()) return e;
   if (auto e = Collect(remaining_rets, &rets); e.failure()) return e;
-  // params (N), momentums (N, none for plain SGD), grads (N), scalars,
-  // clip_args, apply_if.
-  const size_t lists = variant == SgdVariant::kPlain ? 2 : 3;
-  if (args.size() < lists + 3 || (args.size() - 3) % lists != 0) {
-    return ffi::Error::InvalidArgument(
-        std::string("fusedopt_sgd with variant='") + std::string(variant_name) + "' takes " +
-        (lists == 2 ? "params[N], grads[N]" : "params[N], momentums[N], grads[N]") +
-        ", scalars, clip_args, apply_if (" + std::to_string(lists) +
-        "N + 3 operands, N >= 1), got " + std::to_string(args.size()) + " operands");
-  }
-  const size_t n = (args.size() - 3) / lists;
-  const size_t m_count = lists == 2 ? 0 : n;
+  size_t n = 0, m_count = 0;
+  if (auto e = SgdTensorCounts(args, variant, variant_name, &n, &m_count); e.failure()) return e;
   const ParallelFor parallel = PoolParallelFor(&pool);
   return WithFloatType(args[0].element_type(), "params[0]", [&](auto tag) {
     using T = decltype(tag);

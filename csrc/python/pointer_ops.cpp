@@ -598,6 +598,24 @@ void clip_factors(const Pointers& squared, const Sizes& counts,
   std::memcpy(reinterpret_cast<void*>(finite), &flag, 1);
 }
 
+// Calls fn(format, data, sizes) with the tensors of each float format in a
+// fixed order (float16, bfloat16, float32, float64), empty groups included.
+template <typename Fn>
+void by_format(const Pointers& x, const Sizes& sizes, const std::vector<FloatFormat>& formats,
+               Fn&& fn) {
+  for (FloatFormat f : {FloatFormat::kFloat16, FloatFormat::kBFloat16, FloatFormat::kFloat32,
+                        FloatFormat::kFloat64}) {
+    std::vector<const void*> data;
+    Sizes n;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (formats[i] != f) continue;
+      data.push_back(reinterpret_cast<const void*>(x[i]));
+      n.push_back(sizes[i]);
+    }
+    fn(f, data, n);
+  }
+}
+
 // *out = no element of any tensor is Inf or NaN (kernels/finite.h); the
 // tensors may have different dtypes.
 void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::string>& dtypes,
@@ -620,37 +638,23 @@ void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::st
     // their check into it (with no tensor at all, the float64 call sets it).
     const DeviceGuard guard(device);
     bool first = true;
-    for (FloatFormat f : {FloatFormat::kFloat16, FloatFormat::kBFloat16, FloatFormat::kFloat32,
-                          FloatFormat::kFloat64}) {
-      std::vector<const void*> data;
-      Sizes n;
-      for (size_t i = 0; i < x.size(); ++i) {
-        if (formats[i] != f) continue;
-        data.push_back(reinterpret_cast<const void*>(x[i]));
-        n.push_back(sizes[i]);
-      }
-      if (data.empty() && !(first && f == FloatFormat::kFloat64)) continue;
+    by_format(x, sizes, formats, [&](FloatFormat f, const std::vector<const void*>& data,
+                                      const Sizes& n) {
+      if (data.empty() && !(first && f == FloatFormat::kFloat64)) return;
       check_launch(cuda::all_finite_cuda(f, data, n, reinterpret_cast<uint8_t*>(out), nullptr,
                                          as_stream(stream), /*reset=*/first));
       first = false;
-    }
+    });
     return;
   }
 #endif
   bool finite = true;
   {
     py::gil_scoped_release release;
-    for (FloatFormat f : {FloatFormat::kFloat16, FloatFormat::kBFloat16, FloatFormat::kFloat32,
-                          FloatFormat::kFloat64}) {
-      std::vector<const void*> data;
-      Sizes n;
-      for (size_t i = 0; i < x.size(); ++i) {
-        if (formats[i] != f) continue;
-        data.push_back(reinterpret_cast<const void*>(x[i]));
-        n.push_back(sizes[i]);
-      }
+    by_format(x, sizes, formats, [&](FloatFormat f, const std::vector<const void*>& data,
+                                      const Sizes& n) {
       if (!data.empty() && finite) finite = all_finite_cpu(f, data, n, pool());
-    }
+    });
   }
   const uint8_t flag = finite ? 1 : 0;
   std::memcpy(reinterpret_cast<void*>(out), &flag, 1);

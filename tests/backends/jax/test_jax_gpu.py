@@ -41,8 +41,8 @@ from fusedopt import _C  # noqa: E402
 from fusedopt.backends.jax import executor, ffi  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from parity import max_ulp_distance, per_step_ulps  # noqa: E402
-from training import make_data, make_model  # noqa: E402
+from parity import fit_parity, max_ulp_distance  # noqa: E402
+from training import GPU_FIT_CASES, make_data, make_model  # noqa: E402
 
 GPU = (jax.default_backend() == "gpu" and ffi.cuda_targets() == ffi.cpu_targets()
        and _C.cuda_problem() is None)
@@ -215,16 +215,6 @@ def test_jitted_update_on_gpu_is_one_custom_call_in_place():
 
 # ------------------------------------------------------------ model.fit
 
-CASES = {
-    "Adam": (fusedopt.Adam, keras.optimizers.Adam, dict(learning_rate=0.01)),
-    "AdamW-clipnorm": (fusedopt.AdamW, keras.optimizers.AdamW,
-                       dict(learning_rate=0.01, weight_decay=0.05, clipnorm=0.5)),
-    "SGD-nesterov": (fusedopt.SGD, keras.optimizers.SGD,
-                     dict(learning_rate=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
-    "SGD-global-clipnorm-skip": (fusedopt.SGD, keras.optimizers.SGD,
-                                 dict(learning_rate=0.05, momentum=0.9, global_clipnorm=1.0,
-                                      skip_nonfinite=True)),
-}
 # Step ulps against stock Keras-JAX on the GPU, the CPU contract's bounds
 # (jitted stock code is contracted by XLA: 16; folded norm clips: 32) until
 # this run says otherwise.
@@ -232,23 +222,13 @@ BOUNDS = {"Adam": 16, "AdamW-clipnorm": 32, "SGD-nesterov": 16, "SGD-global-clip
 
 
 @needs_gpu
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(GPU_FIT_CASES))
 def test_fit_on_gpu_matches_stock(case, monkeypatch):
     monkeypatch.setenv(executor.JAX_GPU_ENV, "1")
-    fused_cls, stock_cls, kwargs = CASES[case]
-    models = []
-    for make in (lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs)):
-        keras.utils.set_random_seed(1234)
-        model = make_model()
-        model.compile(optimizer=make(), loss="mse")
-        models.append(model)
-    x, y = make_data()
-    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)] * 3
-    worst = per_step_ulps(models[0], models[1], batches)
-    paths = models[0].optimizer.fused_paths
+    make_fused, make_stock = GPU_FIT_CASES[case]
+    model = fit_parity(make_fused, make_stock, BOUNDS[case], passes=3, what=f"{case} on the GPU")
+    paths = model.optimizer.fused_paths
     assert paths and all(p == "fused" for p in paths.values()), paths
-    print(f"{case}: {worst} step ulps on the GPU (bound {BOUNDS[case]})")
-    assert worst <= BOUNDS[case]
 
 
 @needs_gpu

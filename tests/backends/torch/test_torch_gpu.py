@@ -16,8 +16,9 @@ runs it, with Keras brought to the GPU machine as wheels). What it checks:
   GPU, every variable fused (``fused_paths``), in step ulps;
 - without the opt-in, CUDA variables fall back with a reason naming it.
 
-On a machine without a usable CUDA device only the refusals run: the entries
-refuse device memory before touching it, naming why.
+On a machine without a usable CUDA device the refusals run (the entries
+refuse device memory before touching it, naming why) and the finite check
+over mixed dtypes on CPU tensors.
 """
 
 import os
@@ -39,8 +40,8 @@ from fusedopt.backends.torch import executor  # noqa: E402
 from fusedopt.backends.torch import ops  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from parity import EXACT, max_ulp_distance, per_step_ulps  # noqa: E402
-from training import make_data, make_model  # noqa: E402
+from parity import EXACT, fit_parity, max_ulp_distance  # noqa: E402
+from training import GPU_FIT_CASES, make_data, make_model  # noqa: E402
 
 CUDA = torch.cuda.is_available() and ops.cuda_kernels() and _C.cuda_problem() is None
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device and a CUDA build")
@@ -266,9 +267,9 @@ def _np(t):
     return t.numpy()
 
 
-@needs_cuda
-def test_all_finite_over_mixed_dtypes_on_cuda():
-    x = [t.cuda() for d in DTYPES for t in _random([5, 70001], d, 13)]
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_all_finite_over_mixed_dtypes(device):
+    x = [t.to(device) for d in DTYPES for t in _random([5, 70001], d, 13)]
     assert bool(ops.all_finite(x))
     for k in range(len(x)):
         bad = [t.clone() for t in x]
@@ -278,16 +279,6 @@ def test_all_finite_over_mixed_dtypes_on_cuda():
 
 # ------------------------------------------------------------ model.fit
 
-CASES = {
-    "Adam": (fusedopt.Adam, keras.optimizers.Adam, dict(learning_rate=0.01)),
-    "AdamW-clipnorm": (fusedopt.AdamW, keras.optimizers.AdamW,
-                       dict(learning_rate=0.01, weight_decay=0.05, clipnorm=0.5)),
-    "SGD-nesterov": (fusedopt.SGD, keras.optimizers.SGD,
-                     dict(learning_rate=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
-    "SGD-global-clipnorm-skip": (fusedopt.SGD, keras.optimizers.SGD,
-                                 dict(learning_rate=0.05, momentum=0.9, global_clipnorm=1.0,
-                                      skip_nonfinite=True)),
-}
 # Step ulps against stock Keras-torch on the GPU. Expected bit for bit (torch's
 # CUDA sqrt and division are correctly rounded, and its foreach kernels
 # contract a + alpha * b into the fma the torch form has); the Adam bound is
@@ -298,24 +289,14 @@ BOUNDS = {"Adam": 2, "AdamW-clipnorm": 32, "SGD-nesterov": EXACT,
 
 
 @needs_cuda
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(GPU_FIT_CASES))
 def test_fit_on_cuda_matches_stock(case, monkeypatch):
     monkeypatch.setenv(executor.TORCH_GPU_ENV, "1")
-    fused_cls, stock_cls, kwargs = CASES[case]
-    models = []
-    for make in (lambda: fused_cls(**kwargs), lambda: stock_cls(**kwargs)):
-        keras.utils.set_random_seed(1234)
-        model = make_model()
-        model.compile(optimizer=make(), loss="mse")
-        models.append(model)
-    assert models[0].weights[0].value.device.type == "cuda"
-    x, y = make_data()
-    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)] * 3
-    worst = per_step_ulps(models[0], models[1], batches)
-    paths = models[0].optimizer.fused_paths
+    make_fused, make_stock = GPU_FIT_CASES[case]
+    model = fit_parity(make_fused, make_stock, BOUNDS[case], passes=3, what=f"{case} on CUDA")
+    assert model.weights[0].value.device.type == "cuda"
+    paths = model.optimizer.fused_paths
     assert paths and all(p == "fused" for p in paths.values()), paths
-    print(f"{case}: {worst} step ulps on CUDA (bound {BOUNDS[case]})")
-    assert worst <= BOUNDS[case]
 
 
 @needs_cuda
