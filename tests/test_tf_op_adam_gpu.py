@@ -74,17 +74,23 @@ def test_gpu_kernel_matches_cpu_kernel(dtype, weight_decay):
 
 def test_copy_on_write_keeps_earlier_reads():
     lib = _ops.library()
-    p, m, v, g = _state("/GPU:0", np.float32, seed=2)
-    with tf.device("/GPU:0"):
-        before = [x.read_value() for x in p]  # a reader holds the buffers
-        old = [b.numpy() for b in before]
-        lib.fusedopt_adam(params=[x.handle for x in p], m=[x.handle for x in m],
-                          v=[x.handle for x in v], grads=g,
-                          **_scalars(np.float32, lr=1e-2, beta_1=0.9, beta_2=0.999,
-                                     epsilon=1e-7), **_call_kwargs(lib))
-    for b, o, x in zip(before, old, p):
-        np.testing.assert_array_equal(b.numpy(), o)
-        assert np.all(x.numpy() != o)
+    hyper = _scalars(np.float32, lr=1e-2, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    updated = {}
+    for device in ("/CPU:0", "/GPU:0"):
+        p, m, v, g = _state(device, np.float32, seed=2)
+        with tf.device(device):
+            before = [x.read_value() for x in p]  # a reader holds the buffers
+            old = [b.numpy() for b in before]
+            lib.fusedopt_adam(params=[x.handle for x in p], m=[x.handle for x in m],
+                              v=[x.handle for x in v], grads=g, **hyper, **_call_kwargs(lib))
+        for b, o in zip(before, old):
+            np.testing.assert_array_equal(b.numpy(), o)
+        updated[device] = [x.numpy() for x in p]
+    # The variables hold the update (the CPU kernel's bits; an element whose
+    # step rounds away may keep its value), the earlier reads the old values.
+    for o, cpu, gpu in zip(old, updated["/CPU:0"], updated["/GPU:0"]):
+        np.testing.assert_array_equal(gpu, cpu)
+        assert not np.array_equal(gpu, o)
 
 
 def test_bad_input_writes_nothing():
