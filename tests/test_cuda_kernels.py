@@ -3,14 +3,16 @@ reference and against the CPU kernels (bit for bit), across sizes, layouts,
 array exports, launches, streams and device hyperparameters; and bad calls
 that must leave every array as it was.
 
-Runs where fusedopt was built with CUDA, a CUDA device is visible and PyTorch
-or CuPy is installed; skips otherwise (the whole module). On the GPU machine:
+Runs on CUDA arrays where fusedopt was built with CUDA, a CUDA device is
+visible and PyTorch or CuPy is installed. On the GPU machine:
 
     python -m pytest tests/test_cuda_kernels.py tests/test_cuda_bindings.py -q
 
-FUSEDOPT_CUDA_TEST_BACKEND=torch|cupy picks the array library;
-FUSEDOPT_CUDA_TEST_BACKEND=numpy runs the same tests on NumPy arrays (the CPU
-kernels), a self-test of this file for machines without a GPU.
+FUSEDOPT_CUDA_TEST_BACKEND=torch|cupy picks the array library (and skips the
+module where it has no device); FUSEDOPT_CUDA_TEST_BACKEND=numpy runs the
+same tests on NumPy arrays (the CPU kernels), a self-test of this file. With
+the variable unset and no CUDA arrays at hand, the self-test runs (CI does
+this; the tests that need CUDA arrays skip).
 
 Every tensor lies in one flat buffer per list, between guard elements holding
 a sentinel: after a step the guards must be intact (no write outside a
@@ -220,13 +222,11 @@ class NumpyBackend:
 
 
 def _backend():
-    if not fusedopt.build_info()["cuda"]:
-        if os.environ.get("FUSEDOPT_CUDA_TEST_BACKEND") == "numpy":
-            return NumpyBackend(), None
-        return None, "fusedopt was built without CUDA (build_info()['cuda'] is False)"
     wanted = os.environ.get("FUSEDOPT_CUDA_TEST_BACKEND")
-    if wanted == "numpy":
+    if wanted == "numpy" or (not wanted and not fusedopt.build_info()["cuda"]):
         return NumpyBackend(), None
+    if not fusedopt.build_info()["cuda"]:
+        return None, "fusedopt was built without CUDA (build_info()['cuda'] is False)"
     errors = []
     for name, cls in (("torch", TorchBackend), ("cupy", CupyBackend)):
         if wanted and wanted != name:
@@ -238,6 +238,8 @@ def _backend():
             errors.append(f"{name}: no CUDA device")
         except Exception as e:  # ImportError, or a library without a working CUDA
             errors.append(f"{name}: {type(e).__name__}: {e}")
+    if not wanted:
+        return NumpyBackend(), None  # the self-test: ``errors`` says why no CUDA arrays
     return None, "no CUDA device with PyTorch or CuPy (" + "; ".join(errors) + ")"
 
 
