@@ -107,10 +107,27 @@ fi
 # (namex, optree, absl-py, rich, h5py, ml-dtypes for cp312: pip download
 # --only-binary=:all: --python-version 3.12 keras) in a carried folder and
 # name it in KERAS_WHEELS.
+# Only the wheels of distributions not installed here go in: the machine's
+# own numpy (which its torch and jax were built against) stays.
+keras_wheels() {
+  "$py" - "$KERAS_WHEELS" <<'EOF'
+import glob, importlib.metadata as md, os, subprocess, sys
+missing = []
+for wheel in sorted(glob.glob(os.path.join(sys.argv[1], "*.whl"))):
+    name = os.path.basename(wheel).split("-")[0]
+    try:
+        print(f"{name} {md.version(name)} is installed: not installing {os.path.basename(wheel)}")
+    except md.PackageNotFoundError:
+        missing.append(wheel)
+if missing:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                           *missing])
+EOF
+}
 keras_backend() {
   local backend="$1" minimum="$2"
-  if ! "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
-    run keras_wheels "$py" -m pip install --no-index --no-deps "$KERAS_WHEELS"/*.whl
+  if ! KERAS_BACKEND="$backend" "$py" -c "import keras" 2>/dev/null && [[ -n "${KERAS_WHEELS:-}" ]]; then
+    run keras_wheels keras_wheels
   fi
   run "test_keras_$backend" env KERAS_BACKEND="$backend" FUSEDOPT_BACKEND_TESTS="$backend" \
     "$py" -m pytest -q -rs -s -p no:cacheprovider --junitxml="$out/junit-keras-$backend.xml" \
