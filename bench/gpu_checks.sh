@@ -7,7 +7,8 @@
 # and Python 3.12 but no TensorFlow and no Keras), run the CUDA tests with
 # PyTorch and with CuPy arrays, the ptxas resource check, the Keras-torch
 # optimizers on CUDA tensors (step `keras`) and the Keras-JAX optimizers on
-# the CUDA FFI handlers (step `jax`; Keras for both from wheels: KERAS_WHEELS),
+# the CUDA FFI handlers (step `jax`; Keras for both from wheels: KERAS_WHEELS,
+# made here with bench/keras_wheels.sh and carried),
 # a compute-sanitizer memcheck and racecheck run, and bench/gpu_adam.py
 # (Adam, Adam with global-norm clipping, Adam with skip_nonfinite, SGD, the
 # global norm: each against torch's fused optimizers and the memory floor).
