@@ -370,6 +370,36 @@ def test_paired_alternates_two_cases_and_writes_their_ratio(tmp_path, capsys):
     assert "adam-gclip/float32/3x1K/kernels / adam/float32/3x1K/kernels" in capsys.readouterr().out
 
 
+def test_paired_samples_are_per_step_with_steps_per_call(tmp_path, monkeypatch):
+    """--steps-per-call reaches each case, and a call's time is divided by the
+    steps its runner says one call performs (a fake clock: every call 1 s)."""
+    from fusedopt.bench import cases, paired
+
+    seen = []
+
+    def setup(case, copies):
+        seen.append(case.steps_per_call)
+        loops = case.impl.name == "looping"
+        return cases.Runner([lambda: None], steps_per_call=case.steps_per_call if loops else 1)
+
+    for name in ("looping", "single"):
+        monkeypatch.setitem(cases.IMPLEMENTATIONS, name,
+                            cases.Implementation(name, setup, "cpu", False, name, 1, False))
+    clock = iter(range(10**6))
+    monkeypatch.setattr(paired.time, "perf_counter", lambda: float(next(clock)))
+    assert paired.main(["--pair", "adam@looping:adam@single", "--shapes", "3x1K",
+                        "--steps-per-call", "4", "--samples", "4", "--out", str(tmp_path),
+                        "--name", "p"]) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["steps_per_call"] == 4 and seen == [4, 4, 4, 4]
+    (pair,) = doc["pairs"]
+    for r in (pair["a_built_first"], pair["b_built_first"]):
+        looped = r["times_a_s"] if r["a"].endswith("/looping") else r["times_b_s"]
+        single = r["times_b_s"] if r["a"].endswith("/looping") else r["times_a_s"]
+        assert looped == [0.25] * 4 and single == [1.0] * 4
+    assert pair["ratio"] == pytest.approx(0.25)
+
+
 def test_paired_refuses_unknown_optimizers_and_gpu_implementations():
     from fusedopt.bench import paired
 

@@ -21,7 +21,15 @@ noise alone puts a ratio.
         --pair adam-gclip-skipnf:adam-gclip --shapes 20x1M,300x256 \\
         --out bench/results --name paired-cpu-2026-11-25
 
-CPU implementations only (``fusedopt``, ``kernels``, ``keras``, ...).
+CPU implementations only (``fusedopt``, ``kernels``, ``keras``, ...). Two
+implementations of one optimizer are a pair too, ``OPTIMIZER@IMPL`` on each
+side; the JAX and Keras-torch ones need their backend in ``KERAS_BACKEND``,
+and ``--steps-per-call N`` runs N steps per timed call where the
+implementation loops (TF ``tf.range``, JAX ``lax.fori_loop``), each sample
+then the time per step:
+
+    KERAS_BACKEND=jax python -m fusedopt.bench.paired \\
+        --pair adam@fusedopt-jax:adam@keras-jax --shapes 300x256 --steps-per-call 50
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from fusedopt.bench import args as checks
 from fusedopt.bench import floor as floor_mod
 from fusedopt.bench import tf_cases  # noqa: F401, I001 - registers the TF cases first
 from fusedopt.bench import kernel_cases  # noqa: F401 - registers the kernel cases
+from fusedopt.bench import jax_cases  # noqa: F401 - the JAX cases (KERAS_BACKEND=jax)
+from fusedopt.bench import torch_cases  # noqa: F401 - the Keras-torch cases (KERAS_BACKEND=torch)
 from fusedopt.bench.cases import IMPLEMENTATIONS, OPTIMIZERS, Case, Skip, parse_shapes
 from fusedopt.bench.machine import machine_info, versions
 from fusedopt.bench.timing import COLD_MULTIPLE
@@ -53,12 +63,13 @@ def _runner(case: Case):
     return runner, step, note
 
 
-def _time(step, evict) -> float:
+def _time(runner, step, evict) -> float:
+    """Seconds per optimizer step of one call (a call may loop over several)."""
     if evict is not None:
         evict()
     start = time.perf_counter()
     step()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / max(1, runner.steps_per_call)
 
 
 def measure_pair(a: Case, b: Case, samples: int, evictor) -> dict:
@@ -86,11 +97,11 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
         times_a, times_b = [], []
         for i in range(samples):
             if i % 2 == 0:
-                times_a.append(_time(step_a, evict))
-                times_b.append(_time(step_b, evict))
+                times_a.append(_time(run_a, step_a, evict))
+                times_b.append(_time(run_b, step_b, evict))
             else:
-                times_b.append(_time(step_b, evict))
-                times_a.append(_time(step_a, evict))
+                times_b.append(_time(run_b, step_b, evict))
+                times_a.append(_time(run_a, step_a, evict))
     finally:
         gc.enable()
         for runner in runners:
@@ -139,6 +150,9 @@ def main(argv=None) -> int:
                         choices=("float16", "bfloat16", "float32", "float64"))
     parser.add_argument("--impl", default="fusedopt", help="a CPU implementation (default "
                         "fusedopt)")
+    parser.add_argument("--steps-per-call", type=checks.int_at_least(1), default=1,
+                        metavar="N", help="optimizer steps per timed call where the "
+                        "implementation loops (TF, JAX); samples are per step")
     parser.add_argument("--samples", type=checks.int_at_least(3), default=40,
                         help="samples of each case per pair (at least 3)")
     parser.add_argument("--out", help="directory for NAME.json (created if missing)")
@@ -159,9 +173,9 @@ def main(argv=None) -> int:
     for (a_name, a_impl), (b_name, b_impl) in args.pair:
         for shape in args.shapes:
             a = Case(OPTIMIZERS[a_name], args.dtype, shape,
-                     IMPLEMENTATIONS[a_impl or args.impl])
+                     IMPLEMENTATIONS[a_impl or args.impl], args.steps_per_call)
             b = Case(OPTIMIZERS[b_name], args.dtype, shape,
-                     IMPLEMENTATIONS[b_impl or args.impl])
+                     IMPLEMENTATIONS[b_impl or args.impl], args.steps_per_call)
             try:
                 r = measure_pair(a, b, args.samples, evictor)
             except Skip as e:
@@ -172,7 +186,7 @@ def main(argv=None) -> int:
             print(f"{a.name} / {b.name}: {r['ratio']:.3f}x  (A built first: "
                   f"{ab['ratio_median']:.3f}x [{ab['ratio_q25']:.3f}, {ab['ratio_q75']:.3f}], "
                   f"B built first: {1 / ba['ratio_median']:.3f}x; "
-                  f"{ab['median_a_s'] * 1e3:.3g} ms vs {ab['median_b_s'] * 1e3:.3g} ms, "
+                  f"{ab['median_a_s'] * 1e3:.3g} ms vs {ab['median_b_s'] * 1e3:.3g} ms per step, "
                   f"{args.samples} pairs each, cache {ab['cache']})", flush=True)
     if args.out:
         path = os.path.join(args.out, args.name + ".json")
@@ -180,7 +194,8 @@ def main(argv=None) -> int:
             json.dump({"schema": "fusedopt-bench-paired/1",
                        "created": datetime.datetime.now().isoformat(timespec="seconds"),
                        "command": " ".join(sys.argv), "machine": machine_info(),
-                       "versions": versions(), "pairs": results}, f, indent=1)
+                       "versions": versions(), "steps_per_call": args.steps_per_call,
+                       "pairs": results}, f, indent=1)
         print(f"wrote {path}")
     return 0
 
