@@ -171,3 +171,25 @@ def step_gate(*, skip_nonfinite: bool, gated_by_inputs: bool, clip: FoldedClip |
     if clip is not None and clip.kind == "global_norm" and clip_sees_apply_grads:
         return GATE_NORM
     return GATE_CHECK
+
+
+def fold_planned_clip(plan: StepPlan, optimizer, groups, fallback, finite, fold):
+    """The plan's folded clip, if any, computed by the backend's
+    ``fold(kernel_clip, groups, fallback, optimizer, transformer) ->
+    (clip_args per group, fallback, norm_finite)``.
+
+    Returns ``(clip_args, fallback, finite)``: the kernels' clip arguments per
+    group (empty without a clip), the fallback pairs (the backend may clip
+    them with the same factor), and the step's predicate: under GATE_NORM the
+    norm's own finite flag, since its pass read every gradient of the step (it
+    is not finite if any element is not, or if it overflows, when the clipped
+    step would write NaN everywhere); no second pass.
+    """
+    if plan.clip is None:
+        return {}, fallback, finite
+    transformer = plan.clip.transformer
+    clip_args, fallback, norm_finite = fold(transformer.kernel_clip(optimizer.iterations), groups,
+                                            fallback, optimizer, transformer)
+    if plan.gate == GATE_NORM:
+        finite = norm_finite
+    return clip_args, fallback, finite

@@ -490,14 +490,8 @@ def execute(optimizer, plan, grads_and_vars, learning_rate, finite):
                           grads_and_vars[i][1]) for i in group.members]
     fallback = [(i, grads_and_vars[i]) for i in plan.fallback]
 
-    clip_args = {}
-    if plan.clip is not None:
-        clip_args, fallback, clip_finite = _fold_clip(
-            plan.clip.transformer.kernel_clip(optimizer.iterations), groups, fallback,
-            optimizer, plan.clip.transformer)
-        if plan.gate == plan_mod.GATE_NORM:
-            # The norm's pass read every gradient of the step (see the TF executor).
-            finite = clip_finite
+    clip_args, fallback, finite = plan_mod.fold_planned_clip(plan, optimizer, groups, fallback,
+                                                             finite, _fold_clip)
 
     for group, pairs in groups.items():
         _call(optimizer, [g for g, _ in pairs], [v for _, v in pairs], learning_rate,

@@ -236,15 +236,8 @@ def execute(optimizer, plan, grads, variables, learning_rate, finite):
               for group in plan.groups}
     fallback = [(i, (grads[i], variables[i])) for i in plan.fallback]
 
-    clip_args = {}
-    if plan.clip is not None:
-        clip_args, fallback, clip_finite = _fold_clip(
-            plan.clip.transformer.kernel_clip(optimizer.iterations), groups, fallback,
-            optimizer, plan.clip.transformer)
-        if plan.gate == plan_mod.GATE_NORM:
-            # The norm's pass read every gradient of the step (see
-            # docs/design.md, "Skipping non-finite steps").
-            finite = clip_finite
+    clip_args, fallback, finite = plan_mod.fold_planned_clip(plan, optimizer, groups, fallback,
+                                                             finite, _fold_clip)
 
     if groups:
         rule = _Rule(optimizer, learning_rate, _tensor(variables[0]).dtype,
