@@ -56,15 +56,16 @@ from fusedopt.bench.timing import COLD_MULTIPLE
 
 def _runner(case: Case):
     runner = case.impl.setup(case, 1)
-    step = runner.steps[0]
-    step()  # trace / compile
-    step()
+    runner.steps[0]()  # trace / compile
+    runner.steps[0]()
     note = runner.after_warmup() if runner.after_warmup is not None else runner.note
-    return runner, step, note
+    return runner, note
 
 
-def _time(runner, step, evict) -> float:
-    """Seconds per optimizer step of one call (a call may loop over several)."""
+def _time(runner, evict) -> float:
+    """Seconds per optimizer step of one call of the runner's step (a call may
+    loop over several)."""
+    step = runner.steps[0]
     if evict is not None:
         evict()
     start = time.perf_counter()
@@ -86,9 +87,9 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
     samples."""
     runners = []
     try:
-        run_a, step_a, note_a = _runner(a)
+        run_a, note_a = _runner(a)
         runners.append(run_a)
-        run_b, step_b, note_b = _runner(b)
+        run_b, note_b = _runner(b)
         runners.append(run_b)
         cold = a.footprint_bytes >= COLD_MULTIPLE * evictor.cache_bytes
         evict = None if cold else evictor
@@ -97,11 +98,11 @@ def measure_in_turns(a: Case, b: Case, samples: int, evictor) -> dict:
         times_a, times_b = [], []
         for i in range(samples):
             if i % 2 == 0:
-                times_a.append(_time(run_a, step_a, evict))
-                times_b.append(_time(run_b, step_b, evict))
+                times_a.append(_time(run_a, evict))
+                times_b.append(_time(run_b, evict))
             else:
-                times_b.append(_time(run_b, step_b, evict))
-                times_a.append(_time(run_a, step_a, evict))
+                times_b.append(_time(run_b, evict))
+                times_a.append(_time(run_a, evict))
     finally:
         gc.enable()
         for runner in runners:
