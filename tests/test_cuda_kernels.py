@@ -223,9 +223,10 @@ class NumpyBackend:
 
 def _backend():
     wanted = os.environ.get("FUSEDOPT_CUDA_TEST_BACKEND")
-    if wanted == "numpy" or (not wanted and not fusedopt.build_info()["cuda"]):
+    cuda_build = fusedopt.build_info()["cuda"]
+    if wanted == "numpy" or (not wanted and not cuda_build):
         return NumpyBackend(), None
-    if not fusedopt.build_info()["cuda"]:
+    if not cuda_build:
         return None, "fusedopt was built without CUDA (build_info()['cuda'] is False)"
     errors = []
     for name, cls in (("torch", TorchBackend), ("cupy", CupyBackend)):

@@ -85,12 +85,13 @@ def test_copy_on_write_keeps_earlier_reads():
                               v=[x.handle for x in v], grads=g, **hyper, **_call_kwargs(lib))
         for b, o in zip(before, old):
             np.testing.assert_array_equal(b.numpy(), o)
-        updated[device] = [x.numpy() for x in p]
+        updated[device] = old, [x.numpy() for x in p]
     # The variables hold the update (the CPU kernel's bits; an element whose
     # step rounds away may keep its value), the earlier reads the old values.
-    for o, cpu, gpu in zip(old, updated["/CPU:0"], updated["/GPU:0"]):
-        np.testing.assert_array_equal(gpu, cpu)
-        assert not np.array_equal(gpu, o)
+    old, gpu = updated["/GPU:0"]
+    for o, cpu_p, gpu_p in zip(old, updated["/CPU:0"][1], gpu):
+        np.testing.assert_array_equal(gpu_p, cpu_p)
+        assert not np.array_equal(gpu_p, o)
 
 
 def test_bad_input_writes_nothing():
