@@ -9,8 +9,8 @@ An optimizer step goes in two stages (docs/design.md, "Plan, then execute"):
    why, the clip folded into the fused kernels, and how a non-finite step is
    skipped.
 2. The backend's executor (``fusedopt/backends/<framework>/executor.py``)
-   runs the plan: one fused kernel call per group, the stock update for the
-   rest.
+   runs the plan through ``run_plan``: one fused kernel call per group, the
+   stock update for the rest.
 
 Nothing here imports a framework: a plan is plain data, the same for every
 Keras backend.
@@ -193,3 +193,36 @@ def fold_planned_clip(plan: StepPlan, optimizer, groups, fallback, finite, fold)
     if plan.gate == GATE_NORM:
         finite = norm_finite
     return clip_args, fallback, finite
+
+
+NO_CLIP = ("none", None)  # the kernels' clip arguments of a group without a folded clip
+
+
+def run_plan(plan: StepPlan, optimizer, grads_and_vars, finite, *, prepare, fold, call_group,
+             stock_update):
+    """Runs `plan` with a backend's pieces; the skeleton every executor shares.
+
+    grads_and_vars: the step's (gradient, variable) pairs, in step order.
+    finite: the skip predicate (GATE_CHECK), or None.
+    prepare(grad, var) -> (grad, var): a fused pair as its kernel takes it
+      (the gradient cast to the variable's dtype, made contiguous, ...).
+    fold: the backend's clip folding (see `fold_planned_clip`).
+    call_group(group, pairs, clip_args, finite): one fused kernel call over
+      a group's prepared pairs.
+    stock_update(fallback, finite): the stock update of the fallback pairs,
+      ``[(index, (grad, var)), ...]`` in step order, under the predicate
+      when it is not None.
+
+    The fused groups run first, in plan order, then the fallback pairs.
+    Returns the step's predicate (under GATE_NORM the folded norm's).
+    """
+    groups = {group: [prepare(*grads_and_vars[i]) for i in group.members]
+              for group in plan.groups}
+    fallback = [(i, grads_and_vars[i]) for i in plan.fallback]
+    clip_args, fallback, finite = fold_planned_clip(plan, optimizer, groups, fallback, finite,
+                                                    fold)
+    for group, pairs in groups.items():
+        call_group(group, pairs, clip_args.get(group, NO_CLIP), finite)
+    if fallback:
+        stock_update(fallback, finite)
+    return finite

@@ -482,23 +482,15 @@ def _path(optimizer, variable) -> str:
 
 
 def execute(optimizer, plan, grads_and_vars, learning_rate, finite):
-    """Runs `plan`: the fused groups, then the fallback pairs, both under the
-    skip predicate where the plan gates. Returns the predicate."""
-    groups = {}
-    for group in plan.groups:
-        groups[group] = [(ops.cast(grads_and_vars[i][0], grads_and_vars[i][1].dtype),
-                          grads_and_vars[i][1]) for i in group.members]
-    fallback = [(i, grads_and_vars[i]) for i in plan.fallback]
-
-    clip_args, fallback, finite = plan_mod.fold_planned_clip(plan, optimizer, groups, fallback,
-                                                             finite, _fold_clip)
-
-    for group, pairs in groups.items():
+    """Runs `plan` (fusedopt.core.plan.run_plan): the fused groups, then the
+    fallback pairs, both under the skip predicate where the plan gates.
+    Returns the predicate."""
+    def call_group(group, pairs, clip_args, finite):
         _call(optimizer, [g for g, _ in pairs], [v for _, v in pairs], learning_rate,
-              group.decayed, clip_args.get(group, ("none", None)), finite)
+              group.decayed, clip_args, finite)
 
-    if fallback:
-        def stock_update():
+    def stock_update(fallback, finite):
+        def run():
             decayed = [v for i, (_, v) in fallback if i in plan.decayed]
             if decayed:
                 optimizer._apply_weight_decay(decayed)
@@ -506,11 +498,14 @@ def execute(optimizer, plan, grads_and_vars, learning_rate, finite):
                                            [v for _, (_, v) in fallback], learning_rate)
 
         if finite is None:
-            stock_update()
+            run()
         else:
             written = _unique([v for _, (_, v) in fallback] + list(optimizer.variables))
-            _keep_if(finite, written, stock_update)
-    return finite
+            _keep_if(finite, written, run)
+
+    return plan_mod.run_plan(plan, optimizer, grads_and_vars, finite,
+                             prepare=lambda g, v: (ops.cast(g, v.dtype), v), fold=_fold_clip,
+                             call_group=call_group, stock_update=stock_update)
 
 
 # ------------------------------------------------------------ the FFI call

@@ -300,29 +300,26 @@ def _mirrored_fallback_reason(distribution, devices, grad, var) -> str | None:
 
 
 def execute(optimizer, plan, grads_and_vars, learning_rate, finite, stock_update):
-    """Runs `plan` on one device's pairs: the fused groups, then the
-    fallback pairs (`stock_update([(index, (grad, var)), ...], lr)`), both
-    under the skip predicate where the plan gates. Returns the predicate."""
-    groups = {}
-    for group in plan.groups:
-        groups[group] = [(tf.cast(grads_and_vars[i][0], grads_and_vars[i][1].dtype),
-                          grads_and_vars[i][1]) for i in group.members]
-    fallback = [(i, grads_and_vars[i]) for i in plan.fallback]
-
-    clip_args, fallback, finite = plan_mod.fold_planned_clip(plan, optimizer, groups, fallback,
-                                                             finite, _fold_clip)
-
-    for group, pairs in groups.items():
+    """Runs `plan` on one device's pairs (fusedopt.core.plan.run_plan): the
+    fused groups, then the fallback pairs (`stock_update([(index, (grad,
+    var)), ...], lr)`), both under the skip predicate where the plan gates.
+    Returns the predicate."""
+    def call_group(group, pairs, clip_args, finite):
         # The variables' own device: under a mirrored strategy this device's
         # copies (the plan's group names the primary copies' device).
         with tf.device(pairs[0][1].device):
             _call_op(optimizer, [g for g, _ in pairs], [v for _, v in pairs], learning_rate,
-                     group.decayed, clip_args.get(group, ("none", None)), finite)
-    if fallback and finite is None:
-        stock_update(fallback, learning_rate)
-    elif fallback:
-        tf.cond(finite, lambda: stock_update(fallback, learning_rate), lambda: None)
-    return finite
+                     group.decayed, clip_args, finite)
+
+    def gated_stock_update(fallback, finite):
+        if finite is None:
+            stock_update(fallback, learning_rate)
+        else:
+            tf.cond(finite, lambda: stock_update(fallback, learning_rate), lambda: None)
+
+    return plan_mod.run_plan(plan, optimizer, grads_and_vars, finite,
+                             prepare=lambda g, v: (tf.cast(g, v.dtype), v), fold=_fold_clip,
+                             call_group=call_group, stock_update=gated_stock_update)
 
 
 # ------------------------------------------------------------ the op call

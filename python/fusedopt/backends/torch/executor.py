@@ -229,24 +229,19 @@ def _path(optimizer, variable) -> str:
 
 
 def execute(optimizer, plan, grads, variables, learning_rate, finite):
-    """Runs `plan`: the fused groups, then the fallback pairs with the stock
-    torch update, both under the skip predicate where the plan gates.
-    Returns the predicate."""
-    groups = {group: [(grads[i].contiguous(), variables[i]) for i in group.members]
-              for group in plan.groups}
-    fallback = [(i, (grads[i], variables[i])) for i in plan.fallback]
-
-    clip_args, fallback, finite = plan_mod.fold_planned_clip(plan, optimizer, groups, fallback,
-                                                             finite, _fold_clip)
-
-    if groups:
-        rule = _Rule(optimizer, learning_rate, _tensor(variables[0]).dtype,
-                     any(group.decayed for group in groups))
-        for group, pairs in groups.items():
-            rule.call(group.decayed, pairs, clip_args.get(group, ("none", None)), finite)
-    if fallback:
-        _stock_update(optimizer, plan, fallback, learning_rate, finite)
-    return finite
+    """Runs `plan` (fusedopt.core.plan.run_plan): the fused groups, then the
+    fallback pairs with the stock torch update, both under the skip
+    predicate where the plan gates. Returns the predicate."""
+    rule = (_Rule(optimizer, learning_rate, _tensor(variables[0]).dtype,
+                  any(group.decayed for group in plan.groups))
+            if plan.groups else None)
+    return plan_mod.run_plan(
+        plan, optimizer, list(zip(grads, variables)), finite,
+        prepare=lambda g, v: (g.contiguous(), v), fold=_fold_clip,
+        call_group=lambda group, pairs, clip_args, finite: rule.call(group.decayed, pairs,
+                                                                     clip_args, finite),
+        stock_update=lambda fallback, finite: _stock_update(optimizer, plan, fallback,
+                                                            learning_rate, finite))
 
 
 def _scalar(value, dtype, device) -> torch.Tensor:
