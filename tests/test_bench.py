@@ -259,6 +259,21 @@ def test_targets_are_ratios_of_one_run():
     assert any(line.startswith("NOT MET") for line in targets.lines(list(results.values())))
 
 
+def test_a_target_about_one_harness_skips_runs_of_another():
+    def rec(steps_per_call, speedup):
+        return {"name": "adam/float32/300x256/fusedopt-jax", "status": "ok", "median_s": 1.0,
+                "floor_s": None, "speedup": {"keras-jax": speedup},
+                "steps_per_call": steps_per_call}
+
+    def loop_target(records):
+        return [r for r in targets.evaluate(records) if "jitted loop" in r["description"]]
+
+    assert loop_target([rec(1, 2.0)]) == []  # one step per call: another harness
+    (result,) = loop_target([rec(50, 1.25)])
+    assert result["value"] == 1.25 and not result["met"] and result["steps_per_call"] == 50
+    assert "[50 steps per call]" in targets.lines([result])[0]
+
+
 def _gclip_case():
     impl = Implementation("kernels", None, "cpu", True, "")
     return cases.Case(cases.OPTIMIZERS["adam-gclip"], "float32", cases.Shape(20, 1 << 20), impl)
