@@ -433,3 +433,34 @@ def test_the_handlers_refuse_a_wrong_operand_count(target, attrs, operands, word
     with pytest.raises(Exception) as info:
         jax.block_until_ready(call(*xs, **attrs))
     assert words in str(info.value)
+
+
+_F32 = jnp.float32
+
+
+@pytest.mark.parametrize("kind,operands,count,words", [
+    ("ratio", [((3,), _F32), ((), _F32)], 4, "kind must be 'norm' or 'global_norm', got 'ratio'"),
+    ("global_norm", [((), _F32)], 1,
+     "fusedopt_clip_factors takes squared_norms[K] (K >= 1) and max_norm, got 1 operands"),
+    ("norm", [((3,), _F32), ((2,), _F32), ((), _F32)], 4,
+     "kind='norm' takes the squared norms of one call (one vector), got 2"),
+    ("global_norm", [((3,), _F32), ((2,), jnp.int32), ((), _F32)], 1,
+     "squared_norms[1] has element type"),
+    ("global_norm", [((3, 1), _F32), ((), _F32)], 1, "squared_norms[0] must be a vector"),
+    ("norm", [((3,), _F32), ((1,), _F32)], 4, "max_norm must be a float scalar, got float32"),
+    ("norm", [((3,), _F32), ((), _F32)], 3, "clip_args must be a float32 vector of 4 values"),
+    ("global_norm", [((3,), _F32), ((), jnp.float64)], 1,
+     "clip_args must be a float64 vector of 1 values"),
+])
+def test_the_clip_factors_handler_checks_every_operand(kind, operands, count, words):
+    """A direct ffi_call of the clip-factors handler with operands the Python
+    wrapper would refuse is refused by the handler (the check both the CPU
+    and the CUDA handler share, csrc/ffi/common.h), before it writes."""
+    ffi.cpu_targets()  # registers the handlers
+    xs = [jnp.ones(shape, dtype) for shape, dtype in operands]
+    call = jax.ffi.ffi_call(ffi.CLIP_FACTORS_TARGET,
+                            [jax.ShapeDtypeStruct((count,), _F32),
+                             jax.ShapeDtypeStruct((), jnp.bool_)])
+    with pytest.raises(Exception) as info:
+        jax.block_until_ready(call(*xs, kind=kind))
+    assert words in str(info.value)

@@ -282,6 +282,70 @@ inline ffi::Error SgdTensorCounts(const Buffers& args, SgdVariant variant,
   return ffi::Error::Success();
 }
 
+// The operands of a clip-factors call, checked: kind 'norm' (one vector of a
+// group's squared norms) or 'global_norm' (any number of vectors), each a
+// float vector, then max_norm, a float scalar; clip_args (the result) of
+// max_norm's type with 1 value (global) or N + 1 ('norm', N squared norms).
+struct ClipFactorOperands {
+  bool global;
+  size_t lists;  // the squared-norm vectors: in[0, lists); max_norm is in[lists]
+};
+
+inline bool IsFloatType(ffi::DataType t) {
+  return t == ffi::DataType::F16 || t == ffi::DataType::BF16 || t == ffi::DataType::F32 ||
+         t == ffi::DataType::F64;
+}
+
+inline ffi::Error CheckClipFactorOperands(std::string_view kind, const Buffers& in,
+                                          const ffi::AnyBuffer& args_out,
+                                          ClipFactorOperands* out) {
+  const bool global = kind == "global_norm";
+  if (!global && kind != "norm") {
+    return ffi::Error::InvalidArgument("kind must be 'norm' or 'global_norm', got '" +
+                                       std::string(kind) + "'");
+  }
+  if (in.size() < 2) {
+    return ffi::Error::InvalidArgument(
+        "fusedopt_clip_factors takes squared_norms[K] (K >= 1) and max_norm, got " +
+        std::to_string(in.size()) + " operands");
+  }
+  const size_t lists = in.size() - 1;
+  if (!global && lists != 1) {
+    return ffi::Error::InvalidArgument(
+        "kind='norm' takes the squared norms of one call (one vector), got " +
+        std::to_string(lists));
+  }
+  size_t total = 0;
+  for (size_t l = 0; l < lists; ++l) {
+    if (!IsFloatType(in[l].element_type())) {
+      return ffi::Error::InvalidArgument(Named("squared_norms", l) + " has element type " +
+                                         TypeName(in[l].element_type()) +
+                                         "; expected a float type");
+    }
+    if (in[l].dimensions().size() != 1) {
+      return ffi::Error::InvalidArgument(Named("squared_norms", l) +
+                                         " must be a vector, got shape " + ShapeString(in[l]));
+    }
+    total += in[l].element_count();
+  }
+  const ffi::AnyBuffer& max_norm = in[lists];
+  if (!IsFloatType(max_norm.element_type()) || max_norm.element_count() != 1 ||
+      max_norm.dimensions().size() != 0) {
+    return ffi::Error::InvalidArgument("max_norm must be a float scalar, got " +
+                                       TypeName(max_norm.element_type()) + " of shape " +
+                                       ShapeString(max_norm));
+  }
+  const size_t expected = global ? 1 : total + 1;
+  if (args_out.element_type() != max_norm.element_type() ||
+      args_out.element_count() != expected) {
+    return ffi::Error::InvalidArgument("clip_args must be a " +
+                                       TypeName(max_norm.element_type()) + " vector of " +
+                                       std::to_string(expected) + " values");
+  }
+  *out = {global, lists};
+  return ffi::Error::Success();
+}
+
 // How many clip_args a clip kind takes for `n` tensors (csrc/tf/clip_args.h:
 // value [lo, hi], ratio [numerator, den_0..den_{n-1}], scale [scale]).
 inline int64_t ClipArgCount(ClipKind kind, int64_t n) {

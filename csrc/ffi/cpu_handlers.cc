@@ -204,42 +204,16 @@ double AsDouble(const ffi::AnyBuffer& b, size_t i) {
 ffi::Error ClipFactorsCpu(ffi::RemainingArgs remaining_args, ffi::Result<ffi::AnyBuffer> args_out,
                           ffi::Result<ffi::Buffer<ffi::DataType::PRED>> finite_out,
                           std::string_view kind) {
-  const bool global = kind == "global_norm";
-  if (!global && kind != "norm") {
-    return ffi::Error::InvalidArgument("kind must be 'norm' or 'global_norm', got '" +
-                                       std::string(kind) + "'");
-  }
   Buffers in;
   if (auto e = Collect(remaining_args, &in); e.failure()) return e;
-  if (in.size() < 2) {
-    return ffi::Error::InvalidArgument(
-        "fusedopt_clip_factors takes squared_norms[K] (K >= 1) and max_norm");
-  }
-  const size_t lists = in.size() - 1;
-  if (!global && lists != 1) {
-    return ffi::Error::InvalidArgument(
-        "kind='norm' takes the squared norms of one call (one vector), got " +
-        std::to_string(lists));
-  }
+  ClipFactorOperands operands;
+  if (auto e = CheckClipFactorOperands(kind, in, *args_out, &operands); e.failure()) return e;
+  const bool global = operands.global;
   std::vector<double> squared;
-  for (size_t l = 0; l < lists; ++l) {
-    const ffi::DataType t = in[l].element_type();
-    if (t != ffi::DataType::F16 && t != ffi::DataType::BF16 && t != ffi::DataType::F32 &&
-        t != ffi::DataType::F64) {
-      return ffi::Error::InvalidArgument(Named("squared_norms", l) + " has element type " +
-                                         TypeName(t) + "; expected a float type");
-    }
-    if (in[l].dimensions().size() != 1) {
-      return ffi::Error::InvalidArgument(Named("squared_norms", l) +
-                                         " must be a vector, got shape " + ShapeString(in[l]));
-    }
+  for (size_t l = 0; l < operands.lists; ++l) {
     for (size_t i = 0; i < in[l].element_count(); ++i) squared.push_back(AsDouble(in[l], i));
   }
-  const ffi::AnyBuffer& max_norm_b = in[lists];
-  if (max_norm_b.element_count() != 1 || max_norm_b.dimensions().size() != 0) {
-    return ffi::Error::InvalidArgument("max_norm must be a scalar, got shape " +
-                                       ShapeString(max_norm_b));
-  }
+  const ffi::AnyBuffer& max_norm_b = in[operands.lists];
   return WithFloatType(max_norm_b.element_type(), "max_norm", [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     using S = compute_t<T>;
@@ -247,13 +221,6 @@ ffi::Error ClipFactorsCpu(ffi::RemainingArgs remaining_args, ffi::Result<ffi::An
     const double max_norm = static_cast<double>(load(max_norm_t));
     if (!(max_norm > 0)) {
       return ffi::Error::InvalidArgument("max_norm must be > 0, got " + std::to_string(max_norm));
-    }
-    const size_t expected = global ? 1 : squared.size() + 1;
-    if (args_out->element_type() != max_norm_b.element_type() ||
-        args_out->element_count() != expected) {
-      return ffi::Error::InvalidArgument("clip_args must be a " +
-                                         TypeName(max_norm_b.element_type()) + " vector of " +
-                                         std::to_string(expected) + " values");
     }
     T* a = static_cast<T*>(args_out->untyped_data());
     bool all_finite = true;

@@ -291,59 +291,22 @@ ffi::Error ClipFactorsCuda(CUstream_st* stream, ffi::RemainingArgs remaining_arg
                            ffi::Result<ffi::AnyBuffer> args_out,
                            ffi::Result<ffi::Buffer<ffi::DataType::PRED>> finite_out,
                            std::string_view kind) {
-  const bool global = kind == "global_norm";
-  if (!global && kind != "norm") {
-    return ffi::Error::InvalidArgument("kind must be 'norm' or 'global_norm', got '" +
-                                       std::string(kind) + "'");
-  }
   Buffers in;
   if (auto e = Collect(remaining_args, &in); e.failure()) return e;
-  if (in.size() < 2) {
-    return ffi::Error::InvalidArgument(
-        "fusedopt_clip_factors takes squared_norms[K] (K >= 1) and max_norm");
-  }
-  const size_t lists = in.size() - 1;
-  if (!global && lists != 1) {
-    return ffi::Error::InvalidArgument(
-        "kind='norm' takes the squared norms of one call (one vector), got " +
-        std::to_string(lists));
-  }
-  if (global && lists > static_cast<size_t>(cuda::kMaxClipFactorVectors)) {
+  ClipFactorOperands operands;
+  if (auto e = CheckClipFactorOperands(kind, in, *args_out, &operands); e.failure()) return e;
+  const bool global = operands.global;
+  if (global && operands.lists > static_cast<size_t>(cuda::kMaxClipFactorVectors)) {
     return Unimplemented("kind='global_norm' on CUDA sums at most " +
                          std::to_string(cuda::kMaxClipFactorVectors) + " vectors, got " +
-                         std::to_string(lists));
+                         std::to_string(operands.lists));
   }
   std::vector<cuda::DeviceVector> squared;
-  size_t total = 0;
-  for (size_t l = 0; l < lists; ++l) {
-    const cuda::ScalarType type = DeviceType(in[l].element_type());
-    if (type == cuda::ScalarType::kHost) {
-      return ffi::Error::InvalidArgument(Named("squared_norms", l) + " has element type " +
-                                         TypeName(in[l].element_type()) +
-                                         "; expected a float type");
-    }
-    if (in[l].dimensions().size() != 1) {
-      return ffi::Error::InvalidArgument(Named("squared_norms", l) +
-                                         " must be a vector, got shape " + ShapeString(in[l]));
-    }
-    squared.push_back({type, in[l].untyped_data(), Count(in[l])});
-    total += in[l].element_count();
+  for (size_t l = 0; l < operands.lists; ++l) {
+    squared.push_back({DeviceType(in[l].element_type()), in[l].untyped_data(), Count(in[l])});
   }
-  const ffi::AnyBuffer& max_norm = in[lists];
+  const ffi::AnyBuffer& max_norm = in[operands.lists];
   const cuda::ScalarType type = DeviceType(max_norm.element_type());
-  if (type == cuda::ScalarType::kHost || max_norm.element_count() != 1 ||
-      max_norm.dimensions().size() != 0) {
-    return ffi::Error::InvalidArgument("max_norm must be a float scalar, got " +
-                                       TypeName(max_norm.element_type()) + " of shape " +
-                                       ShapeString(max_norm));
-  }
-  const size_t expected = global ? 1 : total + 1;
-  if (args_out->element_type() != max_norm.element_type() ||
-      args_out->element_count() != expected) {
-    return ffi::Error::InvalidArgument("clip_args must be a " +
-                                       TypeName(max_norm.element_type()) + " vector of " +
-                                       std::to_string(expected) + " values");
-  }
   return Launched(
       cuda::clip_factors_cuda(
           global ? cuda::ClipFactorKind::kGlobalNorm : cuda::ClipFactorKind::kNorm, squared,
