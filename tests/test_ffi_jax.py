@@ -464,3 +464,33 @@ def test_the_clip_factors_handler_checks_every_operand(kind, operands, count, wo
     with pytest.raises(Exception) as info:
         jax.block_until_ready(call(*xs, kind=kind))
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("bad,words", [
+    ("m1-shape", "m[1] has shape [5] but params[1] has shape [4]"),
+    ("v0-dtype", "v[0] has element type float64 but params[0] has float32"),
+    ("grads1-shape", "grads[1] has shape [2, 2] but params[1] has shape [4]"),
+])
+def test_the_adam_handler_checks_every_tensor_against_params(bad, words):
+    """A direct ffi_call (past the Python wrapper's checks) with one tensor
+    that does not match its parameter is refused by the handler, naming both
+    (csrc/ffi/common.h, CheckTensors)."""
+    ffi.cpu_targets()  # registers the handlers
+    shapes = {"p": [(3,), (4,)], "m": [(3,), (4,)], "v": [(3,), (4,)], "g": [(3,), (4,)]}
+    dtypes = {k: [jnp.float32, jnp.float32] for k in shapes}
+    if bad == "m1-shape":
+        shapes["m"][1] = (5,)
+    elif bad == "v0-dtype":
+        dtypes["v"][0] = jnp.float64
+    else:
+        shapes["g"][1] = (2, 2)
+    lists = {k: [jnp.full(s, 0.5, d) for s, d in zip(shapes[k], dtypes[k])] for k in shapes}
+    written = lists["p"] + lists["m"] + lists["v"]
+    operands = written + lists["g"] + [jnp.asarray(adam_scalars(np.float32, **ADAM)),
+                                       jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.bool_)]
+    call = jax.ffi.ffi_call(ffi.ADAM_TARGET,
+                            [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in written],
+                            input_output_aliases={j: j for j in range(len(written))})
+    with pytest.raises(Exception) as info:
+        jax.block_until_ready(call(*operands, decay=False, clip="none"))
+    assert words in str(info.value)

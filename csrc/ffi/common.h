@@ -113,9 +113,16 @@ inline std::string ShapeString(const ffi::AnyBuffer& b) {
   return s + "]";
 }
 
+// A plain loop: std::equal on the int64 dimensions becomes a call to memcmp,
+// which costs more than the comparison of the one or two dimensions a tensor
+// usually has, and this runs for every operand and result of every call.
 inline bool SameShape(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
   const auto da = a.dimensions(), db = b.dimensions();
-  return da.size() == db.size() && std::equal(da.begin(), da.end(), db.begin());
+  if (da.size() != db.size()) return false;
+  for (size_t i = 0; i < da.size(); ++i) {
+    if (da[i] != db[i]) return false;
+  }
+  return true;
 }
 
 // `b` (called list[i]) has element type `t` and the shape of `like` (called
@@ -175,9 +182,11 @@ inline ffi::Error CheckTensors(const Buffers& args, const Buffers& rets,
   const ffi::DataType t = args[0].element_type();
   size_t offset = 0;
   for (size_t l = 0; l < lists.names.size(); ++l) {
-    for (size_t i = 0; i < lists.sizes[l]; ++i) {
-      const size_t k = i % num_tensors;
-      if (auto e = CheckLike(args[offset + i], lists.names[l], i, t, args[k], "params", k);
+    // Every list holds at most one tensor per parameter (callers pass N or
+    // none), so lists[l][i] is shaped like params[i].
+    const size_t size = std::min(lists.sizes[l], num_tensors);
+    for (size_t i = 0; i < size; ++i) {
+      if (auto e = CheckLike(args[offset + i], lists.names[l], i, t, args[i], "params", i);
           e.failure()) {
         return e;
       }
