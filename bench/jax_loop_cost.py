@@ -21,9 +21,7 @@ fusions of the stock update), both donated like Keras-JAX's train step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -109,20 +107,17 @@ def main(argv=None) -> int:
                   f"per step in the loop {slope * 1e3:6.4f} ms; at {short} steps per call "
                   f"{a / short * 1e3:6.4f} ms per step")
     if args.out:
-        import jax
+        from fusedopt.bench.machine import machine_info, versions
+        from fusedopt.bench.report import write_json
 
-        document = {
+        write_json(args.out, {
             "schema": "fusedopt-bench-jax-loop-cost/1",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "loadavg": os.getloadavg()},
-            "versions": {"jax": jax.__version__, "keras": keras.__version__},
+            "machine": machine_info(), "versions": versions(),
             "rounds": args.rounds, "wall_s": time.time() - start, "results": results,
             "samples_s": {"/".join(map(str, k)): v for k, v in samples.items()},
-        }
-        with open(args.out, "w") as f:
-            json.dump(document, f, indent=1)
+        })
         print("wrote", args.out)
     return 0
 

@@ -24,9 +24,7 @@ This script measures, in one process and alternating rounds:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,7 +50,7 @@ def build(seed: int):
 
     grads = [tf.constant(1e-3 * rng.standard_normal(s).astype(np.float32))
              for s in DENSE_LN_SHAPES]
-    fns = {}
+    fns, optimizers = {}, {}
     # (Closures made by functions, not default arguments: tf.function would
     # take those as inputs and pass tensors.)
     def touch_all(touched):
@@ -71,16 +69,15 @@ def build(seed: int):
         params = variables(len(DENSE_LN_SHAPES))
         optimizer.build(params)
         fns[name] = apply(optimizer, params)
-        fns[name + "/optimizer"] = optimizer
-    timed = {k: f for k, f in fns.items() if not k.endswith("/optimizer")}
-    for f in timed.values():
+        optimizers[name] = optimizer
+    for f in fns.values():
         f()
         f()
-    paths = fns["fusedopt/optimizer"].fused_paths
+    paths = optimizers["fusedopt"].fused_paths
     fused = sum(1 for p in paths.values() if p == "fused")
     if fused != len(DENSE_LN_SHAPES):
         raise SystemExit(f"the fused path did not run: {fused} of {len(paths)} variables fused")
-    return timed
+    return fns
 
 
 def main(argv=None) -> int:
@@ -107,22 +104,17 @@ def main(argv=None) -> int:
     print(f"fusedopt / touch-1206: {medians['fusedopt'] / medians['touch-1206']:.2f}x;  "
           f"keras / fusedopt: {medians['keras'] / medians['fusedopt']:.2f}x")
     if args.out:
-        import tensorflow as tf
-        import keras
+        from fusedopt.bench.machine import machine_info, versions
+        from fusedopt.bench.report import write_json
 
-        document = {
+        write_json(args.out, {
             "schema": "fusedopt-bench-xla-variable-cost/1",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "loadavg": os.getloadavg()},
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "machine": machine_info(), "versions": versions(),
             "rounds": args.rounds, "calls_per_round": args.calls,
-            "wall_s": time.time() - start,
-            "median_s": medians, "samples_s": samples,
-        }
-        with open(args.out, "w") as f:
-            json.dump(document, f, indent=1)
+            "wall_s": time.time() - start, "median_s": medians, "samples_s": samples,
+        })
         print("wrote", args.out)
     return 0
 
