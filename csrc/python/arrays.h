@@ -111,7 +111,7 @@ struct HostArray {
   // A reference to the array object: the kernels run with the GIL released,
   // when another Python thread could empty the caller's list and free the
   // array it was the last reference to. Destroyed with the GIL held (the
-  // HostArray vectors outlive the gil_scoped_release of a call).
+  // HostArray vectors outlive the GIL-free part of a call (gil.h)).
   py::object owner;
 };
 

@@ -11,6 +11,7 @@
 #include "kernels/finite.h"
 #include "python/arrays.h"
 #include "python/cuda_arrays.h"
+#include "python/gil.h"
 
 #if defined(FUSEDOPT_WITH_CUDA)
 #include <cuda_runtime_api.h>
@@ -358,8 +359,7 @@ py::object adam_cuda_call(py::handle params, py::handle grads, py::handle m, py:
   require_usable_cuda();
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(s);
   std::string err;
-  {
-    py::gil_scoped_release release;
+  without_gil([&] {
     const DeviceStep ds = prepare_step(g_, dtype, clip, skip_nonfinite, cs);
     switch (dtype) {
       case DType::kFloat32:
@@ -375,7 +375,7 @@ py::object adam_cuda_call(py::handle params, py::handle grads, py::handle m, py:
         err = launch_adam<cuda::BFloat16, float>(p_, g_, m_, v_, lr_, b1, b2, eps, t, wd, ds, cs);
         break;
     }
-  }
+  });
   CudaCall::check(err, "adam on CUDA arrays");
   return result;
 #else
@@ -421,8 +421,7 @@ py::object sgd_cuda_call(py::handle params, py::handle grads, py::handle momentu
   const bool decay = wd.device.has_value() || wd.host != 0.0;
   const cudaStream_t cs = reinterpret_cast<cudaStream_t>(s);
   std::string err;
-  {
-    py::gil_scoped_release release;
+  without_gil([&] {
     const DeviceStep ds = prepare_step(g_, dtype, clip, skip_nonfinite, cs);
     switch (dtype) {
       case DType::kFloat32:
@@ -438,7 +437,7 @@ py::object sgd_cuda_call(py::handle params, py::handle grads, py::handle momentu
         err = launch_sgd<cuda::BFloat16, float>(p_, g_, m_, scalars, variant, decay, ds, cs);
         break;
     }
-  }
+  });
   CudaCall::check(err, "sgd on CUDA arrays");
   return result;
 #else
@@ -463,17 +462,15 @@ py::object all_finite_cuda_call(py::handle arrays, py::handle out, py::handle st
   const DType dtype = a.empty() ? DType::kFloat32 : a[0].dtype;
   if (dst) {
     std::string err;
-    {
-      py::gil_scoped_release release;
+    without_gil([&] {
       err = all_finite(a, dtype, static_cast<uint8_t*>(dst->data), nullptr, cs);
-    }
+    });
     CudaCall::check(err, "all_finite on CUDA arrays");
     return py::none();
   }
   uint8_t host = 0;
   std::string err;
-  {
-    py::gil_scoped_release release;
+  without_gil([&] {
     Scratch flag({1}, cs);
     err = all_finite(a, dtype, static_cast<uint8_t*>(flag.part(0)), nullptr, cs);
     if (err.empty()) {
@@ -481,7 +478,7 @@ py::object all_finite_cuda_call(py::handle arrays, py::handle out, py::handle st
       if (e == cudaSuccess) e = cudaStreamSynchronize(cs);
       if (e != cudaSuccess) err = cuda_error(e);
     }
-  }
+  });
   CudaCall::check(err, "all_finite on CUDA arrays");
   return py::bool_(host != 0);
 #else
@@ -506,8 +503,7 @@ py::object global_norm_cuda_call(py::handle arrays, py::handle out, py::handle s
   const size_t ws = cuda::squared_norms_workspace_bytes(sizes_of(a));
   double host = 0.0;
   std::string err;
-  {
-    py::gil_scoped_release release;
+  without_gil([&] {
     // Parts: workspace, squared norms, the norm (when returned to the host).
     Scratch m({ws, n * sizeof(double), sizeof(double)}, cs);
     double* squared = static_cast<double*>(m.part(1));
@@ -525,7 +521,7 @@ py::object global_norm_cuda_call(py::handle arrays, py::handle out, py::handle s
       if (e == cudaSuccess) e = cudaStreamSynchronize(cs);
       if (e != cudaSuccess) err = cuda_error(e);
     }
-  }
+  });
   CudaCall::check(err, "global_norm on CUDA arrays");
   if (dst) return py::none();
   return py::float_(host);

@@ -20,6 +20,7 @@
 #include "python/arrays.h"
 #include "python/cuda_arrays.h"
 #include "python/cuda_ops.h"
+#include "python/gil.h"
 #include "python/pointer_ops.h"
 
 namespace py = pybind11;
@@ -223,22 +224,20 @@ py::object adam(py::handle params, py::handle grads, py::handle m, py::handle v,
   if (p_.empty()) return py::bool_(true);
 
   const bool decay = wd != 0.0;
-  py::gil_scoped_release release;
-  const std::vector<double> squared = clip_squared_norms(clip, g_);
-  if (skip && !step_is_finite(g_, squared)) {
-    py::gil_scoped_acquire acquire;
-    return py::bool_(false);
-  }
-  if (p_[0].dtype == DType::kFloat32) {
-    adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
-             decay, pool_parallel_for(), make_clip<float>(clip, squared));
-  } else {
-    adam_cpu(adam_views<double>(p_, g_, m_, v_),
-             make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
-             make_clip<double>(clip, squared));
-  }
-  py::gil_scoped_acquire acquire;
-  return py::bool_(true);
+  const bool applied = without_gil([&] {
+    const std::vector<double> squared = clip_squared_norms(clip, g_);
+    if (skip && !step_is_finite(g_, squared)) return false;
+    if (p_[0].dtype == DType::kFloat32) {
+      adam_cpu(adam_views<float>(p_, g_, m_, v_), make_adam_scalars<float>(lr_, b1, b2, eps, t, wd),
+               decay, pool_parallel_for(), make_clip<float>(clip, squared));
+    } else {
+      adam_cpu(adam_views<double>(p_, g_, m_, v_),
+               make_adam_scalars<double>(lr_, b1, b2, eps, t, wd), decay, pool_parallel_for(),
+               make_clip<double>(clip, squared));
+    }
+    return true;
+  });
+  return py::bool_(applied);
 }
 
 template <typename T>
@@ -298,21 +297,19 @@ py::object sgd(py::handle params, py::handle grads, py::handle momentums, py::ha
                              : nesterov_ ? SgdVariant::kNesterov
                                          : SgdVariant::kMomentum;
   const bool decay = wd != 0.0;
-  py::gil_scoped_release release;
-  const std::vector<double> squared = clip_squared_norms(clip, g_);
-  if (skip && !step_is_finite(g_, squared)) {
-    py::gil_scoped_acquire acquire;
-    return py::bool_(false);
-  }
-  if (p_[0].dtype == DType::kFloat32) {
-    sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
-            decay, pool_parallel_for(), make_clip<float>(clip, squared));
-  } else {
-    sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
-            decay, pool_parallel_for(), make_clip<double>(clip, squared));
-  }
-  py::gil_scoped_acquire acquire;
-  return py::bool_(true);
+  const bool applied = without_gil([&] {
+    const std::vector<double> squared = clip_squared_norms(clip, g_);
+    if (skip && !step_is_finite(g_, squared)) return false;
+    if (p_[0].dtype == DType::kFloat32) {
+      sgd_cpu(sgd_views<float>(p_, g_, m_), make_sgd_scalars<float>(lr_, mom, wd), variant,
+              decay, pool_parallel_for(), make_clip<float>(clip, squared));
+    } else {
+      sgd_cpu(sgd_views<double>(p_, g_, m_), make_sgd_scalars<double>(lr_, mom, wd), variant,
+              decay, pool_parallel_for(), make_clip<double>(clip, squared));
+    }
+    return true;
+  });
+  return py::bool_(applied);
 }
 
 py::object all_finite(py::handle arrays, py::handle out, py::handle stream) {
@@ -320,12 +317,7 @@ py::object all_finite(py::handle arrays, py::handle out, py::handle stream) {
   if (!out.is_none()) throw py::type_error("out= takes a CUDA array, for CUDA arrays");
   const auto a = host_arrays(arrays, "arrays", false);
   check_one_dtype(a);
-  bool finite;
-  {
-    py::gil_scoped_release release;
-    finite = host_all_finite(a);
-  }
-  return py::bool_(finite);
+  return py::bool_(without_gil([&] { return host_all_finite(a); }));
 }
 
 py::object global_norm(py::handle arrays, py::handle out, py::handle stream) {
@@ -334,13 +326,11 @@ py::object global_norm(py::handle arrays, py::handle out, py::handle stream) {
   const auto a = host_arrays(arrays, "arrays", false);
   check_one_dtype(a);
   if (a.empty()) return py::float_(0.0);
-  double total = 0.0;
-  {
-    py::gil_scoped_release release;
+  const double total = without_gil([&] {
     const auto sums =
         a[0].dtype == DType::kFloat32 ? squared_norms<float>(a) : squared_norms<double>(a);
-    total = sum_in_order(sums.data(), static_cast<int64_t>(sums.size()));
-  }
+    return sum_in_order(sums.data(), static_cast<int64_t>(sums.size()));
+  });
   return py::float_(std::sqrt(total));
 }
 
@@ -374,8 +364,7 @@ void stream_inplace(py::array_t<float, py::array::c_style> data, float scale, in
   if (!data.writeable()) throw py::value_error("data must be writeable");
   float* ptr = data.mutable_data();
   const int64_t n = data.size();
-  py::gil_scoped_release release;
-  stream_scale_inplace(ptr, n, scale, repeats, pool_parallel_for());
+  without_gil([&] { stream_scale_inplace(ptr, n, scale, repeats, pool_parallel_for()); });
 }
 
 }  // namespace

@@ -49,6 +49,7 @@
 #include "cpu/sgd_cpu.h"
 #include "kernels/clip.h"
 #include "kernels/half.h"
+#include "python/gil.h"
 
 #if defined(FUSEDOPT_WITH_CUDA)
 #include <cuda_runtime_api.h>
@@ -385,13 +386,15 @@ void adam(const Pointers& params, const Pointers& grads, const Pointers& m, cons
     if (!read_apply_if(apply_if) || sizes.empty()) return;
     const AdamTensors<T> t{as<T>(params), as<const T>(grads), as<T>(m), as<T>(v), sizes};
     const S* s = reinterpret_cast<const S*>(scalars);
-    py::gil_scoped_release release;
-    if (torch_form) {
-      adam_cpu(t, AdamTorchScalars<S>{s[0], s[1], s[2], s[3], s[4], s[5], s[6]}, decay, pool(),
-               grad_clip);
-    } else {
-      adam_cpu(t, AdamScalars<S>{s[0], s[1], s[2], s[3], s[4], s[5]}, decay, pool(), grad_clip);
-    }
+    without_gil([&] {
+      if (torch_form) {
+        adam_cpu(t, AdamTorchScalars<S>{s[0], s[1], s[2], s[3], s[4], s[5], s[6]}, decay,
+                 pool(), grad_clip);
+      } else {
+        adam_cpu(t, AdamScalars<S>{s[0], s[1], s[2], s[3], s[4], s[5]}, decay, pool(),
+                 grad_clip);
+      }
+    });
   });
 }
 
@@ -446,12 +449,13 @@ void sgd(const Pointers& params, const Pointers& grads, const Pointers& momentum
     if (!read_apply_if(apply_if) || sizes.empty()) return;
     const SgdTensors<T> t{as<T>(params), as<const T>(grads), as<T>(momentums), sizes};
     const S* s = reinterpret_cast<const S*>(scalars);
-    py::gil_scoped_release release;
-    if (torch_form) {
-      sgd_cpu(t, SgdTorchScalars<S>{s[0], s[1], s[2]}, sgd_variant, decay, pool(), grad_clip);
-    } else {
-      sgd_cpu(t, SgdScalars<S>{s[0], s[1], s[2], s[3]}, sgd_variant, decay, pool(), grad_clip);
-    }
+    without_gil([&] {
+      if (torch_form) {
+        sgd_cpu(t, SgdTorchScalars<S>{s[0], s[1], s[2]}, sgd_variant, decay, pool(), grad_clip);
+      } else {
+        sgd_cpu(t, SgdScalars<S>{s[0], s[1], s[2], s[3]}, sgd_variant, decay, pool(), grad_clip);
+      }
+    });
   });
 }
 
@@ -494,10 +498,7 @@ void squared_norms(const Pointers& x, const Sizes& sizes, const std::string& dty
   with_type(format, [&](auto tag) {
     using T = decltype(tag);
     std::vector<double> sums(sizes.size());
-    {
-      py::gil_scoped_release release;
-      squared_norms_cpu(as<const T>(x), sizes, sums.data(), pool());
-    }
+    without_gil([&] { squared_norms_cpu(as<const T>(x), sizes, sums.data(), pool()); });
     T* o = reinterpret_cast<T*>(out);
     for (size_t i = 0; i < sums.size(); ++i) {
       o[i] = store<T>(static_cast<compute_t<T>>(sums[i]));
@@ -649,13 +650,12 @@ void all_finite(const Pointers& x, const Sizes& sizes, const std::vector<std::st
   }
 #endif
   bool finite = true;
-  {
-    py::gil_scoped_release release;
+  without_gil([&] {
     by_format(x, sizes, formats, [&](FloatFormat f, const std::vector<const void*>& data,
                                       const Sizes& n) {
       if (!data.empty() && finite) finite = all_finite_cpu(f, data, n, pool());
     });
-  }
+  });
   const uint8_t flag = finite ? 1 : 0;
   std::memcpy(reinterpret_cast<void*>(out), &flag, 1);
 }
