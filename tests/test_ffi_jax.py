@@ -494,3 +494,58 @@ def test_the_adam_handler_checks_every_tensor_against_params(bad, words):
     with pytest.raises(Exception) as info:
         jax.block_until_ready(call(*operands, decay=False, clip="none"))
     assert words in str(info.value)
+
+
+def _adam_operands(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    lists = {k: [jnp.asarray(rng.standard_normal(n).astype(np.float32)) for n in sizes]
+             for k in "pmvg"}
+    lists["v"] = [jnp.abs(x) for x in lists["v"]]
+    written = lists["p"] + lists["m"] + lists["v"]
+    rest = [jnp.asarray(adam_scalars(np.float32, **ADAM)), jnp.zeros((0,), jnp.float32),
+            jnp.zeros((0,), jnp.bool_)]
+    return written, written + lists["g"] + rest
+
+
+def test_results_that_do_not_alias_their_operands_start_as_copies():
+    """Without input_output_aliases XLA gives the handler result buffers of
+    their own: each must start as a copy of its operand and then be updated,
+    equal bit for bit to the aliased call's results, and the operands stay
+    as they were (csrc/ffi/common.h, CheckTensors' *aliased and StartFrom)."""
+    ffi.cpu_targets()  # registers the handlers
+    written, operands = _adam_operands([3, 70, 1])
+    before = [np.asarray(x).copy() for x in operands]
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in written]
+    aliased = jax.ffi.ffi_call(ffi.ADAM_TARGET, shapes,
+                               input_output_aliases={j: j for j in range(len(written))})
+    separate = jax.ffi.ffi_call(ffi.ADAM_TARGET, shapes)
+    got = jax.block_until_ready(separate(*operands, decay=False, clip="none"))
+    for x, b in zip(operands, before):
+        np.testing.assert_array_equal(np.asarray(x), b)
+    want = jax.block_until_ready(aliased(*operands, decay=False, clip="none"))
+    for g, w, b in zip(got, want, before):
+        assert not np.array_equal(np.asarray(w), b)  # the update changed every tensor
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("bad,words", [
+    ("count", "results: got 5, expected 6 (one per written operand, aliased to it)"),
+    ("shape", "result 3 must have the element type and shape of operand 3 (it aliases it)"),
+    ("dtype", "result 4 must have the element type and shape of operand 4 (it aliases it)"),
+])
+def test_the_adam_handler_checks_every_result(bad, words):
+    """Results that do not pair up with the written operands (params, m, v)
+    are refused before anything is written."""
+    ffi.cpu_targets()  # registers the handlers
+    written, operands = _adam_operands([3, 4])
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in written]
+    if bad == "count":
+        shapes = shapes[:-1]
+    elif bad == "shape":
+        shapes[3] = jax.ShapeDtypeStruct((5,), jnp.float32)
+    else:
+        shapes[4] = jax.ShapeDtypeStruct((4,), jnp.float64)
+    call = jax.ffi.ffi_call(ffi.ADAM_TARGET, shapes)
+    with pytest.raises(Exception) as info:
+        jax.block_until_ready(call(*operands, decay=False, clip="none"))
+    assert words in str(info.value)

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -73,28 +74,48 @@ ffi::Error WithFloatType(ffi::DataType t, const std::string& what, Fn&& fn) {
 // ---------------------------------------------------------------------------
 // Buffers: the call's operands and results as vectors, with names for errors.
 
+// The remaining operands (results) with the buffer at index i read straight
+// from the C call frame, after the type check `isa` makes: get<AnyBuffer>(i)
+// builds a diagnostic engine and an ErrorOr for every buffer, and a call over
+// 300 tensors has 2,100 of them (docs/backends.md, "Speed").
+class OperandView : public ffi::RemainingArgs {
+ public:
+  explicit OperandView(const ffi::RemainingArgs& a) : ffi::RemainingArgs(a) {}
+  ffi::AnyBuffer buffer(size_t i) const {
+    return ffi::AnyBuffer(static_cast<const XLA_FFI_Buffer*>(args()->args[offset() + i]));
+  }
+};
+
+class ResultView : public ffi::RemainingRets {
+ public:
+  explicit ResultView(const ffi::RemainingRets& r) : ffi::RemainingRets(r) {}
+  ffi::AnyBuffer buffer(size_t i) const {
+    return ffi::AnyBuffer(static_cast<const XLA_FFI_Buffer*>(rets()->rets[offset() + i]));
+  }
+};
+
 inline ffi::Error Collect(const ffi::RemainingArgs& args, std::vector<ffi::AnyBuffer>* out) {
+  const OperandView view(args);
   out->clear();
   out->reserve(args.size());
   for (size_t i = 0; i < args.size(); ++i) {
-    auto b = args.get<ffi::AnyBuffer>(i);
-    if (!b.has_value()) {
+    if (!args.isa<ffi::AnyBuffer>(i)) {
       return ffi::Error::InvalidArgument("operand " + std::to_string(i) + " is not a buffer");
     }
-    out->push_back(*b);
+    out->push_back(view.buffer(i));
   }
   return ffi::Error::Success();
 }
 
 inline ffi::Error Collect(const ffi::RemainingRets& rets, std::vector<ffi::AnyBuffer>* out) {
+  const ResultView view(rets);
   out->clear();
   out->reserve(rets.size());
   for (size_t i = 0; i < rets.size(); ++i) {
-    auto r = rets.get<ffi::AnyBuffer>(i);
-    if (!r.has_value()) {
+    if (!rets.isa<ffi::AnyBuffer>(i)) {
       return ffi::Error::InvalidArgument("result " + std::to_string(i) + " is not a buffer");
     }
-    out->push_back(**r);
+    out->push_back(view.buffer(i));
   }
   return ffi::Error::Success();
 }
@@ -125,11 +146,13 @@ inline bool SameShape(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
   return true;
 }
 
-// `b` (called list[i]) has element type `t` and the shape of `like` (called
-// like_list[k]). The names are built only for the error: this runs once per
-// tensor of every call, and the strings cost more than the comparison.
-inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const char* list, size_t i, ffi::DataType t,
-                            const ffi::AnyBuffer& like, const char* like_list, size_t k) {
+// Why `b` (called list[i]) is not of element type `t` and the shape of `like`
+// (called like_list[k]); out of line, for the rare call that fails.
+[[gnu::cold, gnu::noinline]] inline ffi::Error LikeError(const ffi::AnyBuffer& b,
+                                                         const char* list, size_t i,
+                                                         ffi::DataType t,
+                                                         const ffi::AnyBuffer& like,
+                                                         const char* like_list, size_t k) {
   if (b.element_type() != t) {
     return ffi::Error::InvalidArgument(Named(list, i) + " has element type " +
                                        TypeName(b.element_type()) + " but " +
@@ -141,6 +164,17 @@ inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const char* list, size_t i,
                                        ShapeString(like));
   }
   return ffi::Error::Success();
+}
+
+// `b` (called list[i]) has element type `t` and the shape of `like` (called
+// like_list[k]). The names are built only for the error: this runs once per
+// tensor of every call, and the strings cost more than the comparison.
+inline ffi::Error CheckLike(const ffi::AnyBuffer& b, const char* list, size_t i, ffi::DataType t,
+                            const ffi::AnyBuffer& like, const char* like_list, size_t k) {
+  if (XLA_FFI_PREDICT_TRUE(b.element_type() == t && SameShape(b, like))) {
+    return ffi::Error::Success();
+  }
+  return LikeError(b, list, i, t, like, like_list, k);
 }
 
 inline ffi::Error CheckCount(const char* what, size_t got, size_t expected,
@@ -169,42 +203,63 @@ using Buffers = std::vector<ffi::AnyBuffer>;
 
 // The tensor operands of an update, by list: lists[l][i] is operand
 // offsets[l] + i; lists 0..written-1 are written (result j aliases operand j).
+// At most four lists (Adam's), held inline: this is built on every call.
 struct UpdateLists {
-  std::vector<const char*> names;
-  std::vector<size_t> sizes;
+  static constexpr size_t kMaxLists = 4;
+  UpdateLists(std::initializer_list<const char*> list_names,
+              std::initializer_list<size_t> list_sizes)
+      : count(std::min(list_names.size(), kMaxLists)) {
+    std::copy_n(list_names.begin(), count, names);
+    std::copy_n(list_sizes.begin(), std::min(list_sizes.size(), count), sizes);
+  }
+  const char* names[kMaxLists] = {};
+  size_t sizes[kMaxLists] = {};
+  size_t count;
 };
 
 // Checks that every tensor of `lists` (in `args`, from operand 0 on) has
 // params[0]'s element type and params[i]'s shape, and that `rets` pairs up
-// with the first `written` operands.
+// with the first `written` operands. *aliased (if given) says whether every
+// result is its operand's buffer, as it is whenever XLA could alias them:
+// then no result needs to start as a copy (StartFrom).
+//
+// Tensor by tensor, every list's i-th and the results that alias them, while
+// params[i]'s buffer is at hand: a call over 300 tensors reads 2,100 buffer
+// descriptors here, and one pass over them costs less than one per list.
 inline ffi::Error CheckTensors(const Buffers& args, const Buffers& rets,
-                               const UpdateLists& lists, size_t num_tensors, size_t written) {
-  const ffi::DataType t = args[0].element_type();
-  size_t offset = 0;
-  for (size_t l = 0; l < lists.names.size(); ++l) {
-    // Every list holds at most one tensor per parameter (callers pass N or
-    // none), so lists[l][i] is shaped like params[i].
-    const size_t size = std::min(lists.sizes[l], num_tensors);
-    for (size_t i = 0; i < size; ++i) {
-      if (auto e = CheckLike(args[offset + i], lists.names[l], i, t, args[i], "params", i);
-          e.failure()) {
-        return e;
-      }
-    }
-    offset += lists.sizes[l];
-  }
+                               const UpdateLists& lists, size_t num_tensors, size_t written,
+                               bool* aliased = nullptr) {
   if (auto e = CheckCount("results", rets.size(), written,
                           "one per written operand, aliased to it");
       e.failure()) {
     return e;
   }
-  for (size_t j = 0; j < written; ++j) {
-    if (rets[j].element_type() != t || !SameShape(rets[j], args[j])) {
-      return ffi::Error::InvalidArgument("result " + std::to_string(j) +
-                                         " must have the element type and shape of operand " +
-                                         std::to_string(j) + " (it aliases it)");
+  const ffi::DataType t = args[0].element_type();
+  bool all_aliased = true;
+  for (size_t i = 0; i < num_tensors; ++i) {
+    const ffi::AnyBuffer& like = args[i];
+    size_t offset = 0;
+    for (size_t l = 0; l < lists.count; ++l) {
+      // Every list holds at most one tensor per parameter (callers pass N or
+      // none), so lists[l][i] is shaped like params[i].
+      if (i < lists.sizes[l]) {
+        const size_t j = offset + i;
+        if (auto e = CheckLike(args[j], lists.names[l], i, t, like, "params", i); e.failure()) {
+          return e;
+        }
+        if (j < written) {
+          if (XLA_FFI_PREDICT_FALSE(rets[j].element_type() != t || !SameShape(rets[j], like))) {
+            return ffi::Error::InvalidArgument(
+                "result " + std::to_string(j) + " must have the element type and shape of "
+                "operand " + std::to_string(j) + " (it aliases it)");
+          }
+          all_aliased = all_aliased && rets[j].untyped_data() == args[j].untyped_data();
+        }
+      }
+      offset += lists.sizes[l];
     }
   }
+  if (aliased != nullptr) *aliased = all_aliased;
   return ffi::Error::Success();
 }
 

@@ -30,7 +30,9 @@ template <typename T>
 ffi::Error AdamTyped(const Buffers& args, const Buffers& rets, size_t n, bool decay,
                      ClipKind clip_kind, const ParallelFor& parallel) {
   const ffi::DataType t = args[0].element_type();
-  if (auto e = CheckTensors(args, rets, {{"params", "m", "v", "grads"}, {n, n, n, n}}, n, 3 * n);
+  bool aliased = false;
+  if (auto e = CheckTensors(args, rets, {{"params", "m", "v", "grads"}, {n, n, n, n}}, n, 3 * n,
+                            &aliased);
       e.failure()) {
     return e;
   }
@@ -47,7 +49,9 @@ ffi::Error AdamTyped(const Buffers& args, const Buffers& rets, size_t n, bool de
   if (auto e = CheckApplyIf(apply_if); e.failure()) return e;
 
   // Checked: from here on nothing fails.
-  for (size_t j = 0; j < 3 * n; ++j) StartFrom(args[j], rets[j]);
+  if (!aliased) {
+    for (size_t j = 0; j < 3 * n; ++j) StartFrom(args[j], rets[j]);
+  }
   if (!ReadApplyIf(apply_if)) return ffi::Error::Success();
   AdamScalars<compute_t<T>> scalars{s[0], s[1], s[2], s[3], s[4], s[5]};
   AdamTensors<T> tensors;
@@ -93,8 +97,9 @@ ffi::Error SgdTyped(const Buffers& args, const Buffers& rets, size_t n, size_t m
                     SgdVariant variant, bool decay, ClipKind clip_kind,
                     const ParallelFor& parallel) {
   const ffi::DataType t = args[0].element_type();
+  bool aliased = false;
   if (auto e = CheckTensors(args, rets, {{"params", "momentums", "grads"}, {n, m_count, n}}, n,
-                            n + m_count);
+                            n + m_count, &aliased);
       e.failure()) {
     return e;
   }
@@ -111,7 +116,9 @@ ffi::Error SgdTyped(const Buffers& args, const Buffers& rets, size_t n, size_t m
   const ffi::AnyBuffer& apply_if = args[rest + 2];
   if (auto e = CheckApplyIf(apply_if); e.failure()) return e;
 
-  for (size_t j = 0; j < n + m_count; ++j) StartFrom(args[j], rets[j]);
+  if (!aliased) {
+    for (size_t j = 0; j < n + m_count; ++j) StartFrom(args[j], rets[j]);
+  }
   if (!ReadApplyIf(apply_if)) return ffi::Error::Success();
   SgdScalars<compute_t<T>> scalars{s[0], s[1], s[2], s[3]};
   SgdTensors<T> tensors;
