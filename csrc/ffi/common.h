@@ -203,18 +203,11 @@ using Buffers = std::vector<ffi::AnyBuffer>;
 
 // The tensor operands of an update, by list: lists[l][i] is operand
 // offsets[l] + i; lists 0..written-1 are written (result j aliases operand j).
-// At most four lists (Adam's), held inline: this is built on every call.
+// Views of the caller's brace lists, which live until the call returns: this
+// is built on every call, and allocates nothing.
 struct UpdateLists {
-  static constexpr size_t kMaxLists = 4;
-  UpdateLists(std::initializer_list<const char*> list_names,
-              std::initializer_list<size_t> list_sizes)
-      : count(std::min(list_names.size(), kMaxLists)) {
-    std::copy_n(list_names.begin(), count, names);
-    std::copy_n(list_sizes.begin(), std::min(list_sizes.size(), count), sizes);
-  }
-  const char* names[kMaxLists] = {};
-  size_t sizes[kMaxLists] = {};
-  size_t count;
+  std::initializer_list<const char*> names;
+  std::initializer_list<size_t> sizes;  // one per name
 };
 
 // Checks that every tensor of `lists` (in `args`, from operand 0 on) has
@@ -239,12 +232,14 @@ inline ffi::Error CheckTensors(const Buffers& args, const Buffers& rets,
   for (size_t i = 0; i < num_tensors; ++i) {
     const ffi::AnyBuffer& like = args[i];
     size_t offset = 0;
-    for (size_t l = 0; l < lists.count; ++l) {
+    for (size_t l = 0; l < lists.names.size(); ++l) {
       // Every list holds at most one tensor per parameter (callers pass N or
       // none), so lists[l][i] is shaped like params[i].
-      if (i < lists.sizes[l]) {
+      const size_t size = lists.sizes.begin()[l];
+      if (i < size) {
         const size_t j = offset + i;
-        if (auto e = CheckLike(args[j], lists.names[l], i, t, like, "params", i); e.failure()) {
+        if (auto e = CheckLike(args[j], lists.names.begin()[l], i, t, like, "params", i);
+            e.failure()) {
           return e;
         }
         if (j < written) {
@@ -256,7 +251,7 @@ inline ffi::Error CheckTensors(const Buffers& args, const Buffers& rets,
           all_aliased = all_aliased && rets[j].untyped_data() == args[j].untyped_data();
         }
       }
-      offset += lists.sizes[l];
+      offset += size;
     }
   }
   if (aliased != nullptr) *aliased = all_aliased;
